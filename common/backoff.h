@@ -13,7 +13,8 @@ struct BackoffOptions {
   absl::Duration initial = absl::Milliseconds(200);
   absl::Duration max = absl::Seconds(30);
   double multiplier = 2.0;
-  double jitter = 0.2;  // each delay is drawn uniformly from [d*(1-jitter), d*(1+jitter)], capped at max
+  // Each delay is drawn uniformly from [d*(1-jitter), d*(1+jitter)], capped at max.
+  double jitter = 0.2;
 };
 
 class Backoff {
@@ -25,12 +26,11 @@ class Backoff {
   int attempts() const { return attempts_; }
 
  private:
-  BackoffOptions options_;
-  absl::Duration current_;
+  BackoffOptions options_;  // sanitised: initial > 0, max >= initial, multiplier >= 1
+  absl::Duration current_;  // the un-jittered delay of the next attempt
   int attempts_ = 0;
-  absl::BitGen bitgen_;
-  uint64_t seed_;
-  uint64_t state_;
+  uint64_t seed_;   // the seed in use (drawn at random when 0 was passed)
+  uint64_t state_;  // SplitMix64 state
 };
 
 }  // namespace fleetwes

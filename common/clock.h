@@ -25,6 +25,8 @@ Clock* RealClock();
 
 // A clock that moves only when told. WaitUntil blocks until Advance/SetTime reaches the
 // deadline (or stop is notified), so tests can drive background loops deterministically.
+// Advance/SetTime wake waiters at once; a stop is noticed within a few milliseconds of real
+// time (absl::Notification cannot be awaited under the clock's mutex, so waiters poll it).
 class FakeClock : public Clock {
  public:
   explicit FakeClock(absl::Time start = absl::FromUnixSeconds(1'767'225'600));  // 2026-01-01

@@ -39,15 +39,19 @@ struct ParseLimits {
 };
 
 struct Exposition {
-  std::vector<Sample> samples;                 // in input order
-  std::map<std::string, MetricType> types;     // from # TYPE, by family name
-  std::map<std::string, std::string> help;     // from # HELP, by family name
+  std::vector<Sample> samples;              // in input order
+  std::map<std::string, MetricType> types;  // from # TYPE, by family name
+  std::map<std::string, std::string> help;  // from # HELP, by family name
 
   // Samples named exactly `name`.
   std::vector<const Sample*> Find(std::string_view name) const;
   // Sum of the values of samples named `name` (all label sets); nullopt when there is none.
   std::optional<double> Sum(std::string_view name) const;
   bool Has(std::string_view name) const;
+  // The type of the family a sample belongs to: `name` itself, or the family that `name` is a
+  // child of (`_bucket`, `_sum`, `_count`, `_created` of a histogram; `_sum`, `_count`,
+  // `_created` of a summary; `_total`, `_created` of a counter). kUntyped when no TYPE names it.
+  MetricType TypeOf(std::string_view name) const;
 };
 
 // InvalidArgument with "line N: ..." for malformed input; ResourceExhausted past the limits.
@@ -70,7 +74,7 @@ std::optional<Histogram> ExtractHistogram(const Exposition& e, std::string_view 
 std::optional<Histogram> Delta(const Histogram& a, const Histogram& b);
 
 // The q-quantile by linear interpolation within buckets, as Prometheus' histogram_quantile
-// does. nullopt when count is 0 or q is outside [0, 1].
+// does. nullopt when count is 0, q is outside [0, 1], or the result would not be finite.
 std::optional<double> Quantile(double q, const Histogram& h);
 
 }  // namespace fleetwes::prom

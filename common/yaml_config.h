@@ -4,6 +4,8 @@
 #ifndef FLEETWES_COMMON_YAML_CONFIG_H_
 #define FLEETWES_COMMON_YAML_CONFIG_H_
 
+#include <yaml-cpp/yaml.h>
+
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -11,8 +13,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <yaml-cpp/yaml.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -36,7 +36,7 @@ class MapReader {
 
   bool Has(std::string_view key) const;
 
-  // Optional scalars: leave *out unchanged when the key is absent.
+  // Optional scalars: leave *out unchanged when the key is absent or its value is null (`key:`).
   absl::Status Read(std::string_view key, std::string* out);
   absl::Status Read(std::string_view key, double* out);
   absl::Status Read(std::string_view key, int64_t* out);
@@ -64,10 +64,25 @@ class MapReader {
   const std::string& path() const { return path_; }
 
  private:
+  struct Entry {
+    YAML::Node key;
+    YAML::Node value;
+  };
   std::string KeyPath(std::string_view key) const;
+  // The entry for `key`, marking it known; nullopt when absent (or when this node is not a map).
+  std::optional<Entry> Lookup(std::string_view key);
+  const Entry* FindEntry(std::string_view key) const;
+  // Keeps the first error for Finish() and returns `s`.
+  absl::Status Record(absl::Status s);
+  absl::Status ScalarText(std::string_view key, std::string_view expected, std::string* out,
+                          bool* present);
+
   YAML::Node node_;
   std::string path_;
-  std::set<std::string, std::less<>> known_;
+  std::vector<Entry> entries_;                // this node's keys in document order
+  std::set<std::string, std::less<>> known_;  // keys asked for
+  std::vector<std::string> known_order_;      // the same, in the order they were asked for
+  absl::Status first_error_;                  // structural or ignored error of this node
 };
 
 }  // namespace fleetwes::config
