@@ -2,10 +2,10 @@
 #ifndef FLEETWES_COMMON_LOGGING_H_
 #define FLEETWES_COMMON_LOGGING_H_
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <string_view>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/status/status.h"
 
