@@ -1,0 +1,80 @@
+// fleetwes-aggregator configuration: a typed struct read once from YAML (strict: unknown keys and
+// out-of-range values are errors naming the key path and line), then overridden by the
+// environment. The file is optional; defaults plus FLEETWES_DATABASE_URL make a working setup.
+// Plain data; not synchronised.
+#ifndef FLEETWES_AGGREGATOR_CONFIG_H_
+#define FLEETWES_AGGREGATOR_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/wes.h"
+
+namespace fleetwes::aggregator {
+
+// The batched database writer.
+struct WriterConfig {
+  // Most frames in one transaction. Default 500; 1..100000.
+  int64_t max_batch_frames = 500;
+  // Longest a frame waits for its batch to fill before the batch is written. Default 50ms;
+  // 0..10s (0: write whatever is queued at once).
+  absl::Duration max_batch_delay = absl::Milliseconds(50);
+  // Frames queued for the writer across all streams; when full, ingest stops reading (gRPC flow
+  // control pushes back to agents). Default 20000; >= max_batch_frames, <= 10000000.
+  int64_t queue_frames = 20000;
+};
+
+struct AggregatorConfig {
+  // gRPC listen address "host:port" (Ingest, Router, Fleet, health, reflection). Port 0 picks a
+  // free port (logged, and available from the server). Default "0.0.0.0:7470".
+  std::string grpc_listen = "0.0.0.0:7470";
+  // HTTP listen address for /metrics and /healthz. Default "0.0.0.0:7471".
+  std::string http_listen = "0.0.0.0:7471";
+  // libpq connection URL (database.url). Required: from the file or FLEETWES_DATABASE_URL, which
+  // overrides the file.
+  std::string database_url;
+  WriterConfig writer;
+  // A node (or node/model) is stale when its latest data is older than stale_after times the
+  // node's sampling interval, and never sooner than stale_after_min. Defaults 3.0 and 10s;
+  // stale_after in [1, 1000], stale_after_min in [1s, 1h].
+  double stale_after = 3.0;
+  absl::Duration stale_after_min = absl::Seconds(10);
+  // The fleet's thermal penalty table; every WES served by this aggregator is recomputed with
+  // it. Each >= 1 and non-decreasing from normal to critical. Defaults 1.0/1.25/1.75/2.0.
+  ThermalPenalties thermal_penalties;
+  // Largest serialized frame accepted. Default 65536; 1024..4194304.
+  int64_t max_frame_bytes = 65536;
+  // trace|debug|info|warn|error|off. Default info.
+  std::string log_level = "info";
+};
+
+// The environment variable that overrides database.url.
+inline constexpr char kDatabaseUrlEnv[] = "FLEETWES_DATABASE_URL";
+
+// Parses YAML text (an empty document gives the defaults). InvalidArgument naming the key path,
+// the line and the reason for any unknown key, wrong type or out-of-range value.
+absl::StatusOr<AggregatorConfig> ParseConfig(absl::string_view yaml_text);
+
+// Loads `path` (empty: no file, defaults), applies `database_url_env` (the value of
+// FLEETWES_DATABASE_URL, if set) and checks that a database URL is configured.
+absl::StatusOr<AggregatorConfig> LoadConfig(const std::string& path,
+                                            std::optional<std::string> database_url_env);
+
+// A parsed "host:port" listen address. Host may be empty (all interfaces), a name, an IPv4
+// address or a bracketed IPv6 address; port 0..65535.
+struct ListenAddress {
+  std::string host;  // without brackets; "0.0.0.0" when empty in the input
+  int port = 0;
+  bool ipv6 = false;
+  // "host:port" with brackets around IPv6 hosts, as gRPC expects.
+  std::string ToString() const;
+};
+absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view s);
+
+}  // namespace fleetwes::aggregator
+
+#endif  // FLEETWES_AGGREGATOR_CONFIG_H_

@@ -1,0 +1,72 @@
+// The aggregator's Prometheus metrics: one registry, families registered once at construction,
+// and handles for the hot paths (docs/api.md lists every metric). Per-node WES gauges are not
+// here: they are rendered from the fleet state at scrape time (http/http_server.h).
+// Thread-safe: prometheus-cpp metrics are atomic; the handles never change after construction.
+#ifndef FLEETWES_AGGREGATOR_METRICS_H_
+#define FLEETWES_AGGREGATOR_METRICS_H_
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <memory>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "aggregator/ingest/validate.h"
+
+namespace fleetwes::aggregator {
+
+class AggregatorMetrics {
+ public:
+  AggregatorMetrics();
+  AggregatorMetrics(const AggregatorMetrics&) = delete;
+  AggregatorMetrics& operator=(const AggregatorMetrics&) = delete;
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // fleetwes_ingest_frames_total{result}
+  prometheus::Counter& frames_committed() { return *frames_committed_; }
+  prometheus::Counter& frames_duplicate() { return *frames_duplicate_; }
+  prometheus::Counter& frames_rejected() { return *frames_rejected_; }
+  // fleetwes_ingest_frames_rejected_total{reason}; also counts frames_rejected().
+  void CountRejected(RejectReason reason);
+  // fleetwes_ingest_streams: open Publish streams.
+  prometheus::Gauge& streams() { return *streams_; }
+  // fleetwes_ingest_streams_failed_total{reason="hello|protocol|unavailable"}
+  prometheus::Counter& streams_refused_hello() { return *streams_refused_hello_; }
+  prometheus::Counter& streams_refused_protocol() { return *streams_refused_protocol_; }
+  prometheus::Counter& streams_ended_unavailable() { return *streams_ended_unavailable_; }
+
+  // fleetwes_writer_queue_frames, fleetwes_writer_batch_frames, fleetwes_writer_commit_seconds
+  prometheus::Gauge& writer_queue() { return *writer_queue_; }
+  prometheus::Histogram& writer_batch_frames() { return *writer_batch_frames_; }
+  prometheus::Histogram& writer_commit_seconds() { return *writer_commit_seconds_; }
+  // fleetwes_db_errors_total{code}: failed database operations by status code.
+  void CountDbError(const absl::Status& status);
+
+  // fleetwes_api_requests_total{method,code} for Router and Fleet calls ("Router.Pick").
+  void CountApiRequest(absl::string_view service, const absl::Status& status);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* db_errors_family_;
+  prometheus::Family<prometheus::Counter>* api_family_;
+  prometheus::Counter* frames_committed_;
+  prometheus::Counter* frames_duplicate_;
+  prometheus::Counter* frames_rejected_;
+  absl::flat_hash_map<RejectReason, prometheus::Counter*> rejected_by_reason_;
+  prometheus::Gauge* streams_;
+  prometheus::Counter* streams_refused_hello_;
+  prometheus::Counter* streams_refused_protocol_;
+  prometheus::Counter* streams_ended_unavailable_;
+  prometheus::Gauge* writer_queue_;
+  prometheus::Histogram* writer_batch_frames_;
+  prometheus::Histogram* writer_commit_seconds_;
+};
+
+}  // namespace fleetwes::aggregator
+
+#endif  // FLEETWES_AGGREGATOR_METRICS_H_

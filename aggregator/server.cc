@@ -1,0 +1,173 @@
+#include "aggregator/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include <algorithm>
+#include <exception>
+#include <pqxx/connection>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "aggregator/ingest/recompute_wes.h"
+#include "aggregator/store/migrations.h"
+#include "aggregator/store/pg_status.h"
+#include "common/logging.h"
+
+namespace fleetwes::aggregator {
+
+namespace {
+
+WriterOptions WriterOptionsFrom(const AggregatorConfig& c) {
+  WriterOptions o;
+  o.max_batch_frames = static_cast<size_t>(c.writer.max_batch_frames);
+  o.max_batch_delay = c.writer.max_batch_delay;
+  o.queue_frames = static_cast<size_t>(c.writer.queue_frames);
+  return o;
+}
+
+StalenessPolicy PolicyFrom(const AggregatorConfig& c) {
+  return StalenessPolicy{c.stale_after, c.stale_after_min};
+}
+
+}  // namespace
+
+AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, ServerOptions options)
+    : config_(std::move(config)),
+      clock_(clock),
+      options_(options),
+      policy_(PolicyFrom(config_)),
+      batch_store_(config_.database_url),
+      reader_(config_.database_url),
+      writer_(&batch_store_, clock_, &metrics_, WriterOptionsFrom(config_)),
+      queries_(&state_, &reader_, clock_, policy_),
+      ingest_service_(&writer_, &state_, clock_, &metrics_,
+                      IngestOptions{config_.max_frame_bytes, config_.thermal_penalties}),
+      router_service_(&state_, clock_, policy_, &metrics_),
+      fleet_service_(&queries_, &metrics_) {}
+
+AggregatorServer::~AggregatorServer() { Stop(); }
+
+absl::Status AggregatorServer::PrepareDatabase() {
+  try {
+    pqxx::connection conn(config_.database_url);
+    absl::StatusOr<int> applied = ApplyMigrations(conn);
+    if (!applied.ok()) return applied.status();
+  } catch (const std::exception& e) {
+    return PgExceptionToStatus("connect", e);
+  }
+  absl::StatusOr<std::vector<StoredNode>> nodes = reader_.LoadNodes();
+  if (!nodes.ok()) return nodes.status();
+  for (StoredNode& stored : *nodes) {
+    NodeState node;
+    node.node_id = std::move(stored.node_id);
+    node.labels = std::move(stored.labels);
+    node.agent_version = std::move(stored.agent_version);
+    node.boot_id = std::move(stored.boot_id);
+    node.interval_s = stored.interval_s;
+    node.first_seen = stored.first_seen;
+    node.last_seen = stored.last_seen;
+    if (stored.latest.has_value()) {
+      // The penalty table may have changed since the frame was stored.
+      RecomputeWes(config_.thermal_penalties, &*stored.latest);
+      node.latest = std::make_shared<const v1::Frame>(*std::move(stored.latest));
+    }
+    state_.Restore(std::move(node));
+  }
+  Logger("aggregator")->info("fleet state rebuilt: {} nodes", nodes->size());
+  return absl::OkStatus();
+}
+
+absl::Status AggregatorServer::Start(absl::Notification* stop) {
+  auto log = Logger("aggregator");
+  absl::StatusOr<ListenAddress> grpc_address = ParseListenAddress(config_.grpc_listen);
+  if (!grpc_address.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grpc_listen: ", grpc_address.status().message()));
+  }
+  absl::StatusOr<ListenAddress> http_address = ParseListenAddress(config_.http_listen);
+  if (!http_address.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("http_listen: ", http_address.status().message()));
+  }
+
+  Backoff backoff(options_.startup_backoff);
+  while (true) {
+    absl::Status s = PrepareDatabase();
+    if (s.ok()) break;
+    metrics_.CountDbError(s);
+    if (!IsTransientStoreError(s)) {
+      // Not an outage: a refused migration, missing privileges. Retrying cannot help.
+      log->error("database preparation failed: {}", std::string(s.message()));
+      return s;
+    }
+    const absl::Duration delay = backoff.Next();
+    log->warn("database not ready (attempt {}): {}; retrying in {}", backoff.attempts(),
+              std::string(s.message()), absl::FormatDuration(delay));
+    if (clock_->WaitFor(delay, stop)) {
+      return absl::CancelledError("stopped while waiting for the database");
+    }
+  }
+  log->info("database ready");
+  writer_.Start();
+  started_ = true;
+
+  if (absl::Status s = StartGrpc(); !s.ok()) return s;
+  // Reflect grpc_listen ":0" and friends back with the real port.
+  grpc_address->port = grpc_port_;
+  log->info("gRPC listening on {}", grpc_address->ToString());
+
+  http_ = std::make_unique<HttpServer>(&state_, &metrics_, clock_, policy_);
+  if (absl::Status s = http_->Start(*http_address); !s.ok()) return s;
+  http_address->port = http_->port();
+  log->info("HTTP listening on {} (/metrics, /healthz)", http_address->ToString());
+  return absl::OkStatus();
+}
+
+absl::Status AggregatorServer::StartGrpc() {
+  const ListenAddress address = *ParseListenAddress(config_.grpc_listen);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address.ToString(), grpc::InsecureServerCredentials(), &grpc_port_);
+  builder.RegisterService(&ingest_service_);
+  builder.RegisterService(&router_service_);
+  builder.RegisterService(&fleet_service_);
+  // Frames above max_frame_bytes must reach validation (and get a Reject) rather than break
+  // the stream in the transport.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::max<int64_t>(4 << 20, 2 * config_.max_frame_bytes)));
+  // Keep long-lived agent streams alive through idle NATs, and tolerate agents' own pings.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  grpc_ = builder.BuildAndStart();
+  if (grpc_ == nullptr || grpc_port_ == 0) {
+    grpc_.reset();
+    return absl::UnavailableError(absl::StrCat("gRPC: cannot listen on ", address.ToString()));
+  }
+  return absl::OkStatus();
+}
+
+void AggregatorServer::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  auto log = Logger("aggregator");
+  if (grpc_ != nullptr) {
+    if (grpc::HealthCheckServiceInterface* health = grpc_->GetHealthCheckService()) {
+      health->SetServingStatus(false);
+    }
+    grpc_->Shutdown(std::chrono::system_clock::now() +
+                    absl::ToChronoMilliseconds(options_.shutdown_grace));
+  }
+  if (http_ != nullptr) http_->Stop();
+  // After the streams are gone: write what is queued, complete every pending callback.
+  writer_.Stop();
+  if (grpc_ != nullptr) grpc_->Wait();
+  if (started_) log->info("stopped");
+}
+
+}  // namespace fleetwes::aggregator

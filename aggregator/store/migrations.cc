@@ -1,0 +1,172 @@
+#include "aggregator/store/migrations.h"
+
+#include <exception>
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "aggregator/store/pg_status.h"
+#include "common/logging.h"
+
+namespace fleetwes::aggregator {
+
+namespace {
+
+// Version 1: nodes, frames, model_samples, device_samples. Enum columns hold the proto enum
+// numbers (fleetwes.v1); WES columns hold the aggregator's recomputed values.
+constexpr absl::string_view kV1 = R"sql(
+CREATE TABLE nodes (
+  node_id        text PRIMARY KEY,
+  labels         jsonb NOT NULL DEFAULT '{}'::jsonb,
+  agent_version  text NOT NULL DEFAULT '',
+  boot_id        text NOT NULL DEFAULT '',
+  first_seen     timestamptz NOT NULL,
+  last_seen      timestamptz NOT NULL,
+  interval_s     double precision,
+  hello          bytea
+);
+
+CREATE TABLE frames (
+  node_id              text NOT NULL,
+  boot_id              text NOT NULL,
+  seq                  bigint NOT NULL,
+  window_start         timestamptz NOT NULL,
+  window_end           timestamptz NOT NULL,
+  received_at          timestamptz NOT NULL,
+  interval_s           double precision NOT NULL,
+  decode_tokens_per_s  double precision NOT NULL,
+  watts                double precision,
+  pue                  double precision NOT NULL,
+  wes_raw              double precision,
+  wes_penalized        double precision,
+  thermal_cost_pct     double precision,
+  wes_null_reason      text,
+  thermal_state        smallint NOT NULL,
+  memory_pressure      boolean NOT NULL,
+  swap_in_pages_per_s  double precision,
+  swap_out_pages_per_s double precision,
+  frame                bytea NOT NULL,
+  PRIMARY KEY (node_id, boot_id, seq)
+);
+CREATE INDEX frames_node_id_window_end ON frames (node_id, window_end);
+
+CREATE TABLE model_samples (
+  node_id               text NOT NULL,
+  boot_id               text NOT NULL,
+  seq                   bigint NOT NULL,
+  window_end            timestamptz NOT NULL,
+  engine_id             text NOT NULL,
+  engine                smallint NOT NULL,
+  model                 text NOT NULL,
+  decode_tokens_per_s   double precision,
+  prefill_tokens_per_s  double precision,
+  ttft_mean_s           double precision,
+  ttft_p50_s            double precision,
+  ttft_p95_s            double precision,
+  ttft_count            bigint NOT NULL,
+  ttft_estimate         boolean NOT NULL,
+  tpot_mean_s           double precision,
+  tpot_p50_s            double precision,
+  tpot_p95_s            double precision,
+  tpot_count            bigint NOT NULL,
+  tpot_estimate         boolean NOT NULL,
+  requests_running      integer,
+  requests_waiting      integer,
+  kv_cache_usage        double precision,
+  watts_attributed      double precision,
+  wes_tokens_per_s      double precision NOT NULL,
+  wes_watts             double precision,
+  wes_raw               double precision,
+  wes_penalized         double precision,
+  thermal_cost_pct      double precision,
+  wes_null_reason       text,
+  thermal_state         smallint NOT NULL
+);
+CREATE INDEX model_samples_node_id_window_end ON model_samples (node_id, window_end);
+CREATE INDEX model_samples_model_window_end ON model_samples (model, window_end);
+
+CREATE TABLE device_samples (
+  node_id        text NOT NULL,
+  boot_id        text NOT NULL,
+  seq            bigint NOT NULL,
+  window_end     timestamptz NOT NULL,
+  device_id      text NOT NULL,
+  kind           smallint NOT NULL,
+  scope          smallint NOT NULL,
+  power_w        double precision,
+  energy_j       double precision,
+  temperature_c  double precision,
+  clock_mhz      double precision,
+  clock_max_mhz  double precision,
+  throttle_mask  bigint NOT NULL,
+  thermal_state  smallint NOT NULL,
+  power_capped   boolean NOT NULL
+);
+CREATE INDEX device_samples_node_id_window_end ON device_samples (node_id, window_end);
+)sql";
+
+constexpr Migration kMigrations[] = {
+    {1, "nodes, frames, model_samples, device_samples", kV1},
+};
+
+constexpr absl::string_view kCreateMigrationsTable = R"sql(
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  version     integer PRIMARY KEY,
+  applied_at  timestamptz NOT NULL DEFAULT now()
+)
+)sql";
+
+}  // namespace
+
+absl::Span<const Migration> SchemaMigrations() { return kMigrations; }
+
+absl::StatusOr<std::vector<int>> AppliedMigrations(pqxx::connection& conn) {
+  try {
+    pqxx::read_transaction tx(conn);
+    const pqxx::row exists = tx.exec1("SELECT to_regclass('schema_migrations') IS NOT NULL");
+    std::vector<int> versions;
+    if (!exists[0].as<bool>()) return versions;
+    for (const pqxx::row& row : tx.exec("SELECT version FROM schema_migrations ORDER BY version")) {
+      versions.push_back(row[0].as<int>());
+    }
+    return versions;
+  } catch (const std::exception& e) {
+    return PgExceptionToStatus("read schema_migrations", e);
+  }
+}
+
+absl::StatusOr<int> ApplyMigrations(pqxx::connection& conn,
+                                    absl::Span<const Migration> migrations) {
+  auto log = Logger("store");
+  int applied = 0;
+  int known_max = 0;
+  for (const Migration& m : migrations) {
+    known_max = m.version;
+    try {
+      pqxx::work tx(conn);
+      tx.exec_params("SELECT pg_advisory_xact_lock($1)", kMigrationLockKey);
+      tx.exec(std::string(kCreateMigrationsTable));
+      const pqxx::result done =
+          tx.exec_params("SELECT 1 FROM schema_migrations WHERE version = $1", m.version);
+      if (!done.empty()) {
+        tx.commit();
+        continue;
+      }
+      tx.exec(std::string(m.sql));
+      tx.exec_params("INSERT INTO schema_migrations (version) VALUES ($1)", m.version);
+      tx.commit();
+      ++applied;
+      log->info("schema migration {} applied: {}", m.version, std::string(m.description));
+    } catch (const std::exception& e) {
+      return PgExceptionToStatus(absl::StrCat("schema migration ", m.version), e);
+    }
+  }
+  absl::StatusOr<std::vector<int>> versions = AppliedMigrations(conn);
+  if (!versions.ok()) return versions.status();
+  if (!versions->empty() && versions->back() > known_max) {
+    log->warn("database schema is at version {}, newer than this build's {}; continuing",
+              versions->back(), known_max);
+  }
+  return applied;
+}
+
+}  // namespace fleetwes::aggregator

@@ -1,0 +1,260 @@
+#include "aggregator/store/pg_batch_store.h"
+
+#include <algorithm>
+#include <exception>
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+#include <string_view>
+#include <tuple>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "aggregator/store/pg_status.h"
+#include "aggregator/store/sql_text.h"
+#include "common/wes.h"
+
+namespace fleetwes::aggregator {
+
+namespace {
+
+// Rows per INSERT statement: large enough to amortise round trips, small enough to keep each
+// statement's text a few megabytes at most.
+constexpr size_t kFramesPerStatement = 250;
+constexpr size_t kChildRowsPerStatement = 1000;
+
+using FrameKey = std::tuple<std::string, std::string, int64_t>;
+
+std::string NullReason(const v1::Wes& w) {
+  return w.has_raw() ? "NULL"
+                     : absl::StrCat("'", std::string(WesNullReasonName(w.null_reason())), "'");
+}
+
+// Executes "<head> VALUES <rows...> <tail>" in chunks of `per_statement` rows; returns the
+// concatenated results.
+std::vector<pqxx::result> ExecChunked(pqxx::work& tx, absl::string_view head,
+                                      const std::vector<std::string>& rows, size_t per_statement,
+                                      absl::string_view tail) {
+  std::vector<pqxx::result> results;
+  for (size_t begin = 0; begin < rows.size(); begin += per_statement) {
+    const size_t end = std::min(rows.size(), begin + per_statement);
+    std::string statement = absl::StrCat(head, " VALUES ");
+    for (size_t i = begin; i < end; ++i) {
+      if (i != begin) statement += ",";
+      statement += rows[i];
+    }
+    absl::StrAppend(&statement, " ", tail);
+    results.push_back(tx.exec(statement));
+  }
+  return results;
+}
+
+std::string NodeRow(pqxx::work& tx, const NodeRecord& n) {
+  nlohmann::json labels = nlohmann::json::object();
+  for (const auto& [k, v] : n.labels) labels[k] = v;
+  return absl::StrCat(
+      "(", tx.quote(n.node_id), ",", tx.quote(labels.dump()), "::jsonb,", tx.quote(n.agent_version),
+      ",", tx.quote(n.boot_id), ",", sql::Time(n.seen_at), ",", sql::Time(n.seen_at), ",",
+      n.interval_s > 0 ? sql::Double(n.interval_s) : "NULL", ",",
+      tx.quote_raw(reinterpret_cast<const unsigned char*>(n.hello.data()), n.hello.size()), ")");
+}
+
+std::string FrameRow(pqxx::work& tx, const FrameRecord& r) {
+  const v1::Frame& f = *r.frame;
+  const v1::Wes& w = f.node_wes();
+  const v1::SystemSample& s = f.system();
+  return absl::StrCat(
+      "(", tx.quote(f.node_id()), ",", tx.quote(f.boot_id()), ",",
+      sql::Int(static_cast<int64_t>(f.seq())), ",", sql::Timestamp(f.window_start()), ",",
+      sql::Timestamp(f.window_end()), ",", sql::Time(r.received_at), ",",
+      sql::Double(f.interval_s()), ",", sql::Double(w.tokens_per_s()), ",",
+      sql::OptionalDouble(w.has_watts(), w.watts()), ",", sql::Double(w.pue()), ",",
+      sql::OptionalDouble(w.has_raw(), w.raw()), ",",
+      sql::OptionalDouble(w.has_penalized(), w.penalized()), ",",
+      sql::OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct()), ",", NullReason(w), ",",
+      sql::Int(f.thermal_state()), ",", sql::Bool(s.memory_pressure()), ",",
+      sql::OptionalDouble(s.has_swap_in_pages_per_s(), s.swap_in_pages_per_s()), ",",
+      sql::OptionalDouble(s.has_swap_out_pages_per_s(), s.swap_out_pages_per_s()), ",",
+      tx.quote_raw(reinterpret_cast<const unsigned char*>(r.serialized.data()),
+                   r.serialized.size()),
+      ")");
+}
+
+std::string LatencyColumns(const v1::LatencySummary& l) {
+  return absl::StrCat(sql::OptionalDouble(l.has_mean_s(), l.mean_s()), ",",
+                      sql::OptionalDouble(l.has_p50_s(), l.p50_s()), ",",
+                      sql::OptionalDouble(l.has_p95_s(), l.p95_s()), ",",
+                      sql::Int(static_cast<int64_t>(l.count())), ",", sql::Bool(l.estimate()));
+}
+
+std::string ModelRow(pqxx::work& tx, const v1::Frame& f, const std::string& key_prefix,
+                     const std::string& window_end, const v1::ModelSample& m) {
+  const v1::Wes& w = m.wes();
+  return absl::StrCat(
+      "(", key_prefix, window_end, ",", tx.quote(m.engine_id()), ",", sql::Int(m.engine()), ",",
+      tx.quote(m.model()), ",",
+      sql::OptionalDouble(m.has_decode_tokens_per_s(), m.decode_tokens_per_s()), ",",
+      sql::OptionalDouble(m.has_prefill_tokens_per_s(), m.prefill_tokens_per_s()), ",",
+      LatencyColumns(m.ttft()), ",", LatencyColumns(m.tpot()), ",",
+      sql::OptionalInt(m.has_requests_running(), m.requests_running()), ",",
+      sql::OptionalInt(m.has_requests_waiting(), m.requests_waiting()), ",",
+      sql::OptionalDouble(m.has_kv_cache_usage(), m.kv_cache_usage()), ",",
+      sql::OptionalDouble(m.has_watts_attributed(), m.watts_attributed()), ",",
+      sql::Double(w.tokens_per_s()), ",", sql::OptionalDouble(w.has_watts(), w.watts()), ",",
+      sql::OptionalDouble(w.has_raw(), w.raw()), ",",
+      sql::OptionalDouble(w.has_penalized(), w.penalized()), ",",
+      sql::OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct()), ",", NullReason(w), ",",
+      sql::Int(w.thermal_state()), ")");
+}
+
+std::string DeviceRow(pqxx::work& tx, const std::string& key_prefix, const std::string& window_end,
+                      const v1::Device& d) {
+  return absl::StrCat("(", key_prefix, window_end, ",", tx.quote(d.id()), ",", sql::Int(d.kind()),
+                      ",", sql::Int(d.power_scope()), ",",
+                      sql::OptionalDouble(d.has_power_w(), d.power_w()), ",",
+                      sql::OptionalDouble(d.has_energy_j(), d.energy_j()), ",",
+                      sql::OptionalDouble(d.has_temperature_c(), d.temperature_c()), ",",
+                      sql::OptionalDouble(d.has_clock_mhz(), d.clock_mhz()), ",",
+                      sql::OptionalDouble(d.has_clock_max_mhz(), d.clock_max_mhz()), ",",
+                      sql::Int(static_cast<int64_t>(d.throttle_mask())), ",",
+                      sql::Int(d.thermal_state()), ",", sql::Bool(d.power_capped()), ")");
+}
+
+constexpr absl::string_view kInsertNodes =
+    "INSERT INTO nodes (node_id, labels, agent_version, boot_id, first_seen, last_seen, "
+    "interval_s, hello)";
+constexpr absl::string_view kUpsertNodesTail =
+    "ON CONFLICT (node_id) DO UPDATE SET labels = EXCLUDED.labels, "
+    "agent_version = EXCLUDED.agent_version, boot_id = EXCLUDED.boot_id, "
+    "last_seen = GREATEST(nodes.last_seen, EXCLUDED.last_seen), "
+    "interval_s = COALESCE(EXCLUDED.interval_s, nodes.interval_s), hello = EXCLUDED.hello";
+constexpr absl::string_view kTouchNodes = "INSERT INTO nodes (node_id, first_seen, last_seen)";
+constexpr absl::string_view kTouchNodesTail =
+    "ON CONFLICT (node_id) DO UPDATE SET last_seen = GREATEST(nodes.last_seen, "
+    "EXCLUDED.last_seen)";
+constexpr absl::string_view kInsertFrames =
+    "INSERT INTO frames (node_id, boot_id, seq, window_start, window_end, received_at, "
+    "interval_s, decode_tokens_per_s, watts, pue, wes_raw, wes_penalized, thermal_cost_pct, "
+    "wes_null_reason, thermal_state, memory_pressure, swap_in_pages_per_s, "
+    "swap_out_pages_per_s, frame)";
+constexpr absl::string_view kInsertFramesTail =
+    "ON CONFLICT (node_id, boot_id, seq) DO NOTHING RETURNING node_id, boot_id, seq";
+constexpr absl::string_view kInsertModels =
+    "INSERT INTO model_samples (node_id, boot_id, seq, window_end, engine_id, engine, model, "
+    "decode_tokens_per_s, prefill_tokens_per_s, ttft_mean_s, ttft_p50_s, ttft_p95_s, ttft_count, "
+    "ttft_estimate, tpot_mean_s, tpot_p50_s, tpot_p95_s, tpot_count, tpot_estimate, "
+    "requests_running, requests_waiting, kv_cache_usage, watts_attributed, wes_tokens_per_s, "
+    "wes_watts, wes_raw, wes_penalized, thermal_cost_pct, wes_null_reason, thermal_state)";
+constexpr absl::string_view kInsertDevices =
+    "INSERT INTO device_samples (node_id, boot_id, seq, window_end, device_id, kind, scope, "
+    "power_w, energy_j, temperature_c, clock_mhz, clock_max_mhz, throttle_mask, thermal_state, "
+    "power_capped)";
+
+}  // namespace
+
+PgBatchStore::PgBatchStore(std::string url) : url_(std::move(url)) {}
+
+PgBatchStore::~PgBatchStore() = default;
+
+absl::Status PgBatchStore::EnsureConnected() {
+  if (conn_ != nullptr) {
+    // Reading pending input notices a connection the server closed while it was idle (restart,
+    // idle timeout), so it is replaced here instead of failing the next transaction.
+    try {
+      conn_->get_notifs();
+    } catch (const std::exception&) {
+      conn_.reset();
+    }
+  }
+  if (conn_ != nullptr && conn_->is_open()) return absl::OkStatus();
+  conn_.reset();
+  try {
+    conn_ = std::make_unique<pqxx::connection>(url_);
+  } catch (const std::exception& e) {
+    return PgExceptionToStatus("connect", e);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<bool>> PgBatchStore::WriteBatch(
+    absl::Span<const NodeRecord> nodes, absl::Span<const FrameRecord* const> frames) {
+  if (absl::Status s = EnsureConnected(); !s.ok()) return s;
+  std::vector<bool> inserted(frames.size(), false);
+  try {
+    pqxx::work tx(*conn_);
+
+    // Nodes announced in this batch; the last Hello of a node wins (one row per statement).
+    if (!nodes.empty()) {
+      absl::flat_hash_map<absl::string_view, size_t> last;
+      for (size_t i = 0; i < nodes.size(); ++i) last[nodes[i].node_id] = i;
+      std::vector<std::string> rows;
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        if (last[nodes[i].node_id] == i) rows.push_back(NodeRow(tx, nodes[i]));
+      }
+      ExecChunked(tx, kInsertNodes, rows, kChildRowsPerStatement, kUpsertNodesTail);
+    }
+
+    if (!frames.empty()) {
+      // Frames: the first occurrence of each key in the batch is offered to the database.
+      std::map<FrameKey, size_t> first;
+      std::vector<std::string> rows;
+      absl::flat_hash_map<absl::string_view, absl::Time> seen;
+      for (size_t i = 0; i < frames.size(); ++i) {
+        const v1::Frame& f = *frames[i]->frame;
+        FrameKey key{f.node_id(), f.boot_id(), static_cast<int64_t>(f.seq())};
+        if (!first.emplace(std::move(key), i).second) continue;
+        rows.push_back(FrameRow(tx, *frames[i]));
+        absl::Time& t = seen[f.node_id()];
+        t = std::max(t, frames[i]->received_at);
+      }
+      for (const pqxx::result& r :
+           ExecChunked(tx, kInsertFrames, rows, kFramesPerStatement, kInsertFramesTail)) {
+        for (const pqxx::row& row : r) {
+          auto it = first.find(
+              FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
+          if (it != first.end()) inserted[it->second] = true;
+        }
+      }
+
+      // Model and device rows of the frames inserted now (never for duplicates).
+      std::vector<std::string> model_rows;
+      std::vector<std::string> device_rows;
+      for (size_t i = 0; i < frames.size(); ++i) {
+        if (!inserted[i]) continue;
+        const v1::Frame& f = *frames[i]->frame;
+        const std::string key_prefix =
+            absl::StrCat(tx.quote(f.node_id()), ",", tx.quote(f.boot_id()), ",",
+                         sql::Int(static_cast<int64_t>(f.seq())), ",");
+        const std::string window_end = sql::Timestamp(f.window_end());
+        for (const v1::ModelSample& m : f.models()) {
+          model_rows.push_back(ModelRow(tx, f, key_prefix, window_end, m));
+        }
+        for (const v1::Device& d : f.devices()) {
+          device_rows.push_back(DeviceRow(tx, key_prefix, window_end, d));
+        }
+      }
+      ExecChunked(tx, kInsertModels, model_rows, kChildRowsPerStatement, "");
+      ExecChunked(tx, kInsertDevices, device_rows, kChildRowsPerStatement, "");
+
+      std::vector<std::string> touch_rows;
+      for (const auto& [node_id, t] : seen) {
+        touch_rows.push_back(absl::StrCat("(", tx.quote(std::string(node_id)), ",", sql::Time(t),
+                                          ",", sql::Time(t), ")"));
+      }
+      ExecChunked(tx, kTouchNodes, touch_rows, kChildRowsPerStatement, kTouchNodesTail);
+    }
+    tx.commit();
+  } catch (const std::exception& e) {
+    absl::Status s = PgExceptionToStatus("write batch", e);
+    if (conn_ != nullptr && !conn_->is_open()) {
+      conn_.reset();
+      if (s.code() != absl::StatusCode::kUnknown) {
+        s = absl::UnavailableError(s.message());
+      }
+    }
+    return s;
+  }
+  return inserted;
+}
+
+}  // namespace fleetwes::aggregator

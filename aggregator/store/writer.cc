@@ -1,0 +1,247 @@
+#include "aggregator/store/writer.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "aggregator/metrics.h"
+#include "aggregator/store/pg_status.h"
+#include "common/logging.h"
+
+namespace fleetwes::aggregator {
+
+Writer::Writer(BatchStore* store, Clock* clock, AggregatorMetrics* metrics, WriterOptions options)
+    : store_(store), clock_(clock), metrics_(metrics), options_(std::move(options)) {}
+
+Writer::~Writer() { Stop(); }
+
+void Writer::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_ || stopping_) return;
+  started_ = true;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void Writer::Stop() {
+  bool join = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      stop_deadline_ = clock_->Now() + options_.flush_timeout;
+    }
+    join = thread_.joinable();
+  }
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (join) {
+    thread_.join();
+  } else {
+    // Never started: nothing can be written; fail what was queued.
+    std::deque<Item> left;
+    {
+      absl::MutexLock lock(&mu_);
+      left.swap(queue_);
+    }
+    for (Item& item : left) {
+      Complete(item, Outcome::kFailed, absl::UnavailableError("writer stopped"));
+    }
+  }
+  RunReadyCallbacks();
+}
+
+Writer::SubmitResult Writer::Enqueue(Item& item, ReadyCallback& ready) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return SubmitResult::kStopped;
+  if (queue_.size() >= options_.queue_frames) {
+    ready_.push_back(std::move(ready));
+    return SubmitResult::kQueueFull;
+  }
+  queue_.push_back(std::move(item));
+  metrics_->writer_queue().Set(static_cast<double>(queue_.size()));
+  return SubmitResult::kAccepted;
+}
+
+Writer::SubmitResult Writer::TrySubmitFrame(FrameRecord& record, FrameCallback& done,
+                                            ReadyCallback ready) {
+  Item item;
+  item.frame = std::move(record);
+  item.done = std::move(done);
+  SubmitResult result = Enqueue(item, ready);
+  if (result != SubmitResult::kAccepted) {  // hand the work back to the caller
+    record = std::move(*item.frame);
+    done = std::move(item.done);
+  }
+  return result;
+}
+
+Writer::SubmitResult Writer::TrySubmitNode(NodeRecord& record, ReadyCallback ready) {
+  Item item;
+  item.node = std::move(record);
+  SubmitResult result = Enqueue(item, ready);
+  if (result != SubmitResult::kAccepted) record = std::move(*item.node);
+  return result;
+}
+
+size_t Writer::queued() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+void Writer::Run() {
+  while (true) {
+    std::vector<Item> batch = NextBatch();
+    if (batch.empty()) break;
+    RunReadyCallbacks();  // taking the batch made room
+    WriteWithRetry(batch);
+    RunReadyCallbacks();
+  }
+}
+
+std::vector<Writer::Item> Writer::NextBatch() {
+  absl::MutexLock lock(&mu_);
+  auto has_work = [this]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || stopping_; };
+  mu_.Await(absl::Condition(&has_work));
+  if (queue_.empty()) return {};
+  // Let the batch fill up to max_batch_frames or until max_batch_delay has passed.
+  auto full = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return queue_.size() >= options_.max_batch_frames || stopping_;
+  };
+  if (options_.max_batch_delay > absl::ZeroDuration()) {
+    mu_.AwaitWithTimeout(absl::Condition(&full), options_.max_batch_delay);
+  }
+  const size_t n = std::min(queue_.size(), options_.max_batch_frames);
+  std::vector<Item> batch;
+  batch.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    batch.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  metrics_->writer_queue().Set(static_cast<double>(queue_.size()));
+  return batch;
+}
+
+void Writer::WriteWithRetry(std::vector<Item>& batch) {
+  auto log = Logger("store");
+  Backoff backoff(options_.backoff);
+  std::vector<bool> completed(batch.size(), false);
+  while (true) {
+    const absl::Status s = Attempt(batch, &completed);
+    if (s.ok()) {
+      if (backoff.attempts() > 0) {
+        log->info("database writes resumed after {} failed attempts", backoff.attempts());
+      }
+      return;
+    }
+    absl::Time deadline;
+    {
+      absl::MutexLock lock(&mu_);
+      deadline = stopping_ ? stop_deadline_ : absl::InfiniteFuture();
+    }
+    const absl::Time now = clock_->Now();
+    const absl::Duration delay = backoff.Next();
+    if (now >= deadline) {
+      log->error("giving up on {} queued items at shutdown: {}", batch.size(),
+                 std::string(s.message()));
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (!completed[i]) Complete(batch[i], Outcome::kFailed, s);
+      }
+      return;
+    }
+    log->warn("database write failed (attempt {}), retrying in {}: {}", backoff.attempts(),
+              absl::FormatDuration(delay), std::string(s.message()));
+    if (deadline == absl::InfiniteFuture()) {
+      clock_->WaitUntil(now + delay, &stop_);  // a stop cuts the wait short
+    } else {
+      clock_->WaitUntil(std::min(now + delay, deadline), nullptr);
+    }
+  }
+}
+
+absl::Status Writer::Attempt(std::vector<Item>& batch, std::vector<bool>* completed) {
+  std::vector<NodeRecord> nodes;
+  std::vector<const FrameRecord*> frames;
+  std::vector<size_t> frame_index;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if ((*completed)[i]) continue;
+    if (batch[i].node) nodes.push_back(*batch[i].node);
+    if (batch[i].frame) {
+      frames.push_back(&*batch[i].frame);
+      frame_index.push_back(i);
+    }
+  }
+  if (nodes.empty() && frames.empty()) return absl::OkStatus();
+
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::vector<bool>> inserted = store_->WriteBatch(nodes, frames);
+  if (inserted.ok()) {
+    metrics_->writer_commit_seconds().Observe(absl::ToDoubleSeconds(absl::Now() - start));
+    metrics_->writer_batch_frames().Observe(static_cast<double>(frames.size()));
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if ((*completed)[i] || batch[i].frame) continue;
+      (*completed)[i] = true;  // node upserts
+    }
+    for (size_t k = 0; k < frame_index.size(); ++k) {
+      const size_t i = frame_index[k];
+      Complete(batch[i], (*inserted)[k] ? Outcome::kCommitted : Outcome::kDuplicate,
+               absl::OkStatus());
+      (*completed)[i] = true;
+    }
+    return absl::OkStatus();
+  }
+  metrics_->CountDbError(inserted.status());
+  if (IsTransientStoreError(inserted.status())) return inserted.status();
+
+  // Refused for good. Find what the database refuses: write each item on its own; the items it
+  // accepts complete normally, the others fail with their own status.
+  auto log = Logger("store");
+  if (batch.size() - std::count(completed->begin(), completed->end(), true) == 1) {
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if ((*completed)[i]) continue;
+      if (batch[i].frame) {
+        const v1::Frame& f = *batch[i].frame->frame;
+        log->error("database refused frame {}/{}/{}: {}", f.node_id(), f.boot_id(), f.seq(),
+                   std::string(inserted.status().message()));
+      } else {
+        log->error("database refused node upsert for {}: {}", batch[i].node->node_id,
+                   std::string(inserted.status().message()));
+      }
+      Complete(batch[i], Outcome::kFailed, inserted.status());
+      (*completed)[i] = true;
+    }
+    return absl::OkStatus();
+  }
+  log->warn("database refused a batch of {} items ({}); writing them one by one", batch.size(),
+            std::string(inserted.status().message()));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if ((*completed)[i]) continue;
+    std::vector<Item> one;
+    one.push_back(std::move(batch[i]));
+    std::vector<bool> one_completed(1, false);
+    absl::Status s = Attempt(one, &one_completed);
+    batch[i] = std::move(one[0]);
+    if (!s.ok()) return s;  // transient: the caller retries what is not completed
+    (*completed)[i] = true;
+  }
+  return absl::OkStatus();
+}
+
+void Writer::Complete(Item& item, Outcome outcome, const absl::Status& status) {
+  if (item.done) {
+    FrameCallback done = std::move(item.done);
+    item.done = nullptr;
+    std::move(done)(outcome, status);
+  }
+}
+
+void Writer::RunReadyCallbacks() {
+  std::vector<ReadyCallback> ready;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_ && queue_.size() >= options_.queue_frames) return;
+    ready.swap(ready_);
+  }
+  for (ReadyCallback& cb : ready) std::move(cb)();
+}
+
+}  // namespace fleetwes::aggregator

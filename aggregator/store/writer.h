@@ -1,0 +1,110 @@
+// The batched database writer: a bounded queue filled by ingest streams and one background
+// thread that writes batches (bounded by frame count and by delay) through a BatchStore, one
+// transaction per batch, and only then completes each frame's callback. While the database is
+// unreachable the batch is kept and retried with backoff: nothing is acknowledged, the queue
+// fills, and ingest stops reading (gRPC flow control pushes back to the agents).
+//
+// Thread-safe: TrySubmit* may be called from any thread. Callbacks run on the writer thread
+// (or on the thread calling Stop) without any writer lock held; they must not block for long.
+#ifndef FLEETWES_AGGREGATOR_STORE_WRITER_H_
+#define FLEETWES_AGGREGATOR_STORE_WRITER_H_
+
+#include <cstddef>
+#include <deque>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "aggregator/store/batch_store.h"
+#include "common/backoff.h"
+#include "common/clock.h"
+
+namespace fleetwes::aggregator {
+
+class AggregatorMetrics;
+
+struct WriterOptions {
+  size_t max_batch_frames = 500;
+  absl::Duration max_batch_delay = absl::Milliseconds(50);
+  size_t queue_frames = 20000;  // queued items (frames and node upserts) across all streams
+  BackoffOptions backoff;       // between attempts while the database is failing
+  // How long Stop() keeps trying to write what is queued while the database is failing.
+  absl::Duration flush_timeout = absl::Seconds(5);
+};
+
+class Writer {
+ public:
+  enum class Outcome {
+    kCommitted,  // inserted; the transaction committed
+    kDuplicate,  // a frame with its key was already stored (committed earlier)
+    kFailed,     // not stored; the status says why (Unavailable when the writer stopped first)
+  };
+  using FrameCallback = absl::AnyInvocable<void(Outcome, const absl::Status&) &&>;
+  using ReadyCallback = absl::AnyInvocable<void() &&>;
+
+  enum class SubmitResult {
+    kAccepted,   // queued; the callback will run exactly once
+    kQueueFull,  // not queued; `ready` will run once when there is room (or at Stop)
+    kStopped,    // not queued; the writer is stopping or stopped; nothing will run
+  };
+
+  // `store`, `clock` and `metrics` must outlive the writer.
+  Writer(BatchStore* store, Clock* clock, AggregatorMetrics* metrics, WriterOptions options);
+  ~Writer();  // Stop()s
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  void Start();
+  // Refuses new work, writes what is queued (giving up after flush_timeout while the database is
+  // failing: those frames complete with kFailed), runs pending ready callbacks, joins. Idempotent.
+  void Stop();
+
+  // Queues a frame; on kQueueFull registers `ready` instead. `done` is consumed only when
+  // accepted.
+  SubmitResult TrySubmitFrame(FrameRecord& record, FrameCallback& done, ReadyCallback ready);
+  // Queues a node upsert (from a Hello); same contract without a completion callback.
+  SubmitResult TrySubmitNode(NodeRecord& record, ReadyCallback ready);
+
+  size_t queued() const;
+
+ private:
+  struct Item {
+    std::optional<NodeRecord> node;
+    std::optional<FrameRecord> frame;
+    FrameCallback done;
+  };
+
+  SubmitResult Enqueue(Item& item, ReadyCallback& ready);
+  void Run();
+  // Waits for the next batch; empty when stopping with nothing queued.
+  std::vector<Item> NextBatch();
+  // Writes `batch` (retrying transient failures) and completes its callbacks.
+  void WriteWithRetry(std::vector<Item>& batch);
+  // One attempt; on refusal of a multi-frame batch, isolates the refused frames one by one.
+  absl::Status Attempt(std::vector<Item>& batch, std::vector<bool>* completed);
+  void Complete(Item& item, Outcome outcome, const absl::Status& status);
+  void RunReadyCallbacks();
+
+  BatchStore* const store_;
+  Clock* const clock_;
+  AggregatorMetrics* const metrics_;
+  const WriterOptions options_;
+
+  mutable absl::Mutex mu_;
+  std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<ReadyCallback> ready_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  absl::Notification stop_;  // wakes backoff waits
+  std::thread thread_;
+};
+
+}  // namespace fleetwes::aggregator
+
+#endif  // FLEETWES_AGGREGATOR_STORE_WRITER_H_

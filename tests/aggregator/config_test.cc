@@ -1,0 +1,149 @@
+#include "aggregator/config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/match.h"
+
+namespace fleetwes::aggregator {
+namespace {
+
+TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
+  absl::StatusOr<AggregatorConfig> c = ParseConfig("");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->grpc_listen, "0.0.0.0:7470");
+  EXPECT_EQ(c->http_listen, "0.0.0.0:7471");
+  EXPECT_EQ(c->writer.max_batch_frames, 500);
+  EXPECT_EQ(c->writer.max_batch_delay, absl::Milliseconds(50));
+  EXPECT_EQ(c->writer.queue_frames, 20000);
+  EXPECT_DOUBLE_EQ(c->stale_after, 3.0);
+  EXPECT_EQ(c->stale_after_min, absl::Seconds(10));
+  EXPECT_DOUBLE_EQ(c->thermal_penalties.fair, 1.25);
+  EXPECT_DOUBLE_EQ(c->thermal_penalties.critical, 2.0);
+  EXPECT_EQ(c->max_frame_bytes, 65536);
+  EXPECT_EQ(c->log_level, "info");
+}
+
+TEST(ConfigTest, ReadsEveryOption) {
+  absl::StatusOr<AggregatorConfig> c = ParseConfig(R"(
+grpc_listen: "127.0.0.1:0"
+http_listen: "[::1]:9100"
+database:
+  url: postgresql://fleet@db/fleetwes
+writer:
+  max_batch_frames: 200
+  max_batch_delay: 20ms
+  queue_frames: 1000
+stale_after: 5
+stale_after_min: 30s
+thermal_penalties:
+  normal: 1.0
+  fair: 1.5
+  serious: 2.5
+  critical: 4
+max_frame_bytes: 131072
+log_level: debug
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->grpc_listen, "127.0.0.1:0");
+  EXPECT_EQ(c->http_listen, "[::1]:9100");
+  EXPECT_EQ(c->database_url, "postgresql://fleet@db/fleetwes");
+  EXPECT_EQ(c->writer.max_batch_frames, 200);
+  EXPECT_EQ(c->writer.max_batch_delay, absl::Milliseconds(20));
+  EXPECT_EQ(c->writer.queue_frames, 1000);
+  EXPECT_DOUBLE_EQ(c->stale_after, 5);
+  EXPECT_EQ(c->stale_after_min, absl::Seconds(30));
+  EXPECT_DOUBLE_EQ(c->thermal_penalties.serious, 2.5);
+  EXPECT_DOUBLE_EQ(c->thermal_penalties.critical, 4);
+  EXPECT_EQ(c->max_frame_bytes, 131072);
+  EXPECT_EQ(c->log_level, "debug");
+}
+
+TEST(ConfigTest, ErrorsNameTheKey) {
+  struct Case {
+    const char* yaml;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {"grpc_port: 1\n", "grpc_port"},
+      {"writer:\n  max_batch: 3\n", "max_batch'"},
+      {"writer:\n  max_batch_frames: 0\n", "writer.max_batch_frames"},
+      {"writer:\n  max_batch_frames: 600\n  queue_frames: 100\n", "writer.queue_frames"},
+      {"writer:\n  max_batch_delay: soon\n", "writer.max_batch_delay"},
+      {"stale_after: 0.5\n", "stale_after"},
+      {"stale_after_min: 0s\n", "stale_after_min"},
+      {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},
+      {"thermal_penalties:\n  serious: 1.1\n", "thermal_penalties.serious"},
+      {"max_frame_bytes: 10\n", "max_frame_bytes"},
+      {"log_level: loud\n", "log_level"},
+      {"grpc_listen: nohostport\n", "grpc_listen"},
+      {"http_listen: \"127.0.0.1:70000\"\n", "http_listen"},
+      {"database:\n  uri: x\n", "uri'"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<AggregatorConfig> parsed = ParseConfig(c.yaml);
+    ASSERT_FALSE(parsed.ok()) << c.yaml;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(parsed.status().message(), c.expect))
+        << c.yaml << " -> " << parsed.status().message();
+  }
+}
+
+TEST(ConfigTest, EnvironmentOverridesTheDatabaseUrlAndOneIsRequired) {
+  absl::StatusOr<AggregatorConfig> c = LoadConfig("", std::string("postgresql://env/db"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->database_url, "postgresql://env/db");
+
+  absl::StatusOr<AggregatorConfig> none = LoadConfig("", std::nullopt);
+  ASSERT_FALSE(none.ok());
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "database.url"));
+  EXPECT_TRUE(absl::StrContains(none.status().message(), kDatabaseUrlEnv));
+
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
+                                    ("aggregator_config_test_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "aggregator.yaml").string();
+  std::ofstream(path) << "database:\n  url: postgresql://file/db\nlog_level: warn\n";
+  c = LoadConfig(path, std::nullopt);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->database_url, "postgresql://file/db");
+  EXPECT_EQ(c->log_level, "warn");
+  c = LoadConfig(path, std::string("postgresql://env/db"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->database_url, "postgresql://env/db");
+
+  std::ofstream(path) << "database:\n  url: x\nbogus: 1\n";
+  c = LoadConfig(path, std::nullopt);
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "bogus")) << c.status();
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "line 3")) << c.status();
+
+  EXPECT_EQ(LoadConfig((dir / "missing.yaml").string(), std::nullopt).status().code(),
+            absl::StatusCode::kNotFound);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ListenAddressTest, Parses) {
+  absl::StatusOr<ListenAddress> a = ParseListenAddress(":0");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->host, "0.0.0.0");
+  EXPECT_EQ(a->port, 0);
+  a = ParseListenAddress("[::]:7470");
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(a->ipv6);
+  EXPECT_EQ(a->ToString(), "[::]:7470");
+  a = ParseListenAddress("localhost:7471");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->ToString(), "localhost:7471");
+  EXPECT_FALSE(ParseListenAddress("::1:80").ok());
+  EXPECT_FALSE(ParseListenAddress("host:").ok());
+  EXPECT_FALSE(ParseListenAddress("host:-1").ok());
+  EXPECT_FALSE(ParseListenAddress("[::1]").ok());
+}
+
+}  // namespace
+}  // namespace fleetwes::aggregator

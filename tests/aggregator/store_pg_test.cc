@@ -1,0 +1,254 @@
+// The PostgreSQL store: migrations, batched writes with deduplication, reads.
+#include <gtest/gtest.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
+#include <memory>
+#include <pqxx/pqxx>
+#include <string>
+#include <vector>
+
+#include "aggregator/ingest/recompute_wes.h"
+#include "aggregator/store/migrations.h"
+#include "aggregator/store/pg_batch_store.h"
+#include "aggregator/store/pg_reader.h"
+#include "aggregator/store/pg_status.h"
+#include "tests/aggregator/test_frames.h"
+#include "tests/support/pg_test_db.h"
+
+namespace fleetwes::aggregator {
+namespace {
+
+using testing::MakeFrame;
+using testing::MakeHello;
+using testing::T0;
+
+#if defined(__SANITIZE_ADDRESS__)
+using LeakCheckDisabler = __lsan::ScopedDisabler;
+#else
+struct LeakCheckDisabler {
+  LeakCheckDisabler() {}  // user-provided: no unused-variable warning
+};
+#endif
+
+int64_t Count(pqxx::connection& c, const std::string& sql) {
+  pqxx::read_transaction tx(c);
+  return tx.exec1(sql)[0].as<int64_t>();
+}
+
+class StorePgTest : public fleetwes::testing::PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    conn_ = std::make_unique<pqxx::connection>(db().url());
+  }
+
+  static FrameRecord Record(v1::Frame f) {
+    RecomputeWes(ThermalPenalties{}, &f);
+    auto frame = std::make_shared<const v1::Frame>(std::move(f));
+    return FrameRecord{frame, frame->SerializeAsString(), T0() + absl::Seconds(1)};
+  }
+
+  static NodeRecord Node(const std::string& id) {
+    v1::Hello h = MakeHello(id, "boot-a", {{"site", "lab"}, {"gpu", "L4"}});
+    NodeRecord n;
+    n.node_id = id;
+    n.boot_id = "boot-a";
+    n.agent_version = h.agent_version();
+    n.labels = {{"site", "lab"}, {"gpu", "L4"}};
+    n.interval_s = 2;
+    n.hello = h.SerializeAsString();
+    n.seen_at = T0();
+    return n;
+  }
+
+  std::unique_ptr<pqxx::connection> conn_;
+};
+
+TEST_F(StorePgTest, MigrationsApplyOnceAndAreIdempotent) {
+  absl::StatusOr<int> first = ApplyMigrations(*conn_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, static_cast<int>(SchemaMigrations().size()));
+  absl::StatusOr<int> second = ApplyMigrations(*conn_);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*second, 0);
+  absl::StatusOr<std::vector<int>> versions = AppliedMigrations(*conn_);
+  ASSERT_TRUE(versions.ok());
+  EXPECT_EQ(*versions, std::vector<int>{1});
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM schema_migrations"), 1);
+  for (const char* table : {"nodes", "frames", "model_samples", "device_samples"}) {
+    EXPECT_EQ(Count(*conn_, std::string("SELECT count(*) FROM information_schema.tables WHERE "
+                                        "table_name = '") +
+                                table + "'"),
+              1)
+        << table;
+  }
+  for (const char* index :
+       {"frames_node_id_window_end", "model_samples_model_window_end",
+        "model_samples_node_id_window_end", "device_samples_node_id_window_end"}) {
+    EXPECT_EQ(Count(*conn_, std::string("SELECT count(*) FROM pg_indexes WHERE indexname = '") +
+                                index + "'"),
+              1)
+        << index;
+  }
+}
+
+TEST_F(StorePgTest, AFailingMigrationRollsBackAndIsNotRecorded) {
+  const Migration bad[] = {{1, "good", "CREATE TABLE t1 (x int)"},
+                           {2, "bad", "CREATE TABLE t2 (x no_such_type)"}};
+  absl::StatusOr<int> r = ApplyMigrations(*conn_, bad);
+  EXPECT_FALSE(r.ok());
+  absl::StatusOr<std::vector<int>> versions = AppliedMigrations(*conn_);
+  ASSERT_TRUE(versions.ok());
+  EXPECT_EQ(*versions, std::vector<int>{1});
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM information_schema.tables WHERE table_name='t2'"),
+            0);
+}
+
+TEST_F(StorePgTest, WritesABatchAndDeduplicatesReplays) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  std::vector<FrameRecord> records;
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    v1::Frame f = MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(2 * seq));
+    testing::AddModel(&f, {.model = "qwen2-7b", .tokens_per_s = 30, .watts = 20});
+    records.push_back(Record(std::move(f)));
+  }
+  std::vector<const FrameRecord*> ptrs;
+  for (const FrameRecord& r : records) ptrs.push_back(&r);
+  const NodeRecord node = Node("studio-01");
+
+  absl::StatusOr<std::vector<bool>> first = store.WriteBatch({&node, 1}, ptrs);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, (std::vector<bool>{true, true, true}));
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 3);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM model_samples"), 6);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM device_samples"), 3);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM nodes"), 1);
+
+  // The replay of seq 2 and 3 plus a new seq 4 (twice in the batch): only seq 4 is new, once.
+  records.push_back(Record(MakeFrame("studio-01", "boot-a", 4, T0() + absl::Seconds(8))));
+  std::vector<const FrameRecord*> replay = {&records[1], &records[2], &records[3], &records[3]};
+  absl::StatusOr<std::vector<bool>> second = store.WriteBatch({}, replay);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*second, (std::vector<bool>{false, false, true, false}));
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 4);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM model_samples"), 7);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM device_samples"), 4);
+
+  // Stored values are the aggregator's, at full precision, and the frame bytes round-trip.
+  pqxx::read_transaction tx(*conn_);
+  const pqxx::row row = tx.exec1(
+      "SELECT wes_penalized, thermal_state, wes_null_reason IS NULL, frame, "
+      "extract(epoch FROM window_end)::bigint FROM frames WHERE seq = 1");
+  EXPECT_DOUBLE_EQ(row[0].as<double>(), 89.0 / 60.0);
+  EXPECT_EQ(row[1].as<int>(), v1::THERMAL_STATE_NORMAL);
+  EXPECT_TRUE(row[2].as<bool>());
+  const pqxx::binarystring bytes(row[3]);
+  v1::Frame parsed;
+  ASSERT_TRUE(parsed.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())));
+  EXPECT_EQ(parsed.seq(), 1u);
+  EXPECT_EQ(row[4].as<int64_t>(), absl::ToUnixSeconds(T0() + absl::Seconds(2)));
+  const pqxx::row labels = tx.exec1("SELECT labels->>'gpu', interval_s FROM nodes");
+  EXPECT_EQ(labels[0].as<std::string>(), "L4");
+  EXPECT_DOUBLE_EQ(labels[1].as<double>(), 2.0);
+  const pqxx::row model = tx.exec1(
+      "SELECT wes_penalized, ttft_p95_s, requests_waiting, wes_null_reason FROM model_samples "
+      "WHERE model = 'qwen2-7b' AND seq = 1");
+  EXPECT_DOUBLE_EQ(model[0].as<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(model[1].as<double>(), 0.25);
+  EXPECT_EQ(model[2].as<int>(), 0);
+  EXPECT_TRUE(model[3].is_null());
+}
+
+TEST_F(StorePgTest, ALostConnectionIsTransientAndTheStoreReconnects) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  const FrameRecord one = Record(MakeFrame("n1", "b", 1, T0()));
+  const FrameRecord two = Record(MakeFrame("n1", "b", 2, T0() + absl::Seconds(2)));
+  const FrameRecord* p1 = &one;
+  const FrameRecord* p2 = &two;
+  ASSERT_TRUE(store.WriteBatch({}, {&p1, 1}).ok());
+  {
+    pqxx::nontransaction tx(*conn_);
+    tx.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  }
+  absl::StatusOr<std::vector<bool>> r;
+  {
+    // libpqxx 6.4 leaks the PGresult of a statement that meets a connection the server dropped
+    // (connection_base::make_result evaluates encoding_id(), which throws, before the result
+    // owns it): once per lost connection, not ours to fix, ignored for this call only.
+    LeakCheckDisabler ignore_libpqxx_leak;
+    r = store.WriteBatch({}, {&p2, 1});
+  }
+  if (!r.ok()) {
+    EXPECT_TRUE(IsTransientStoreError(r.status())) << r.status();
+    r = store.WriteBatch({}, {&p2, 1});
+  }
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, std::vector<bool>{true});
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 2);
+}
+
+TEST_F(StorePgTest, AnUnreachableDatabaseIsUnavailable) {
+  PgBatchStore store("postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=2");
+  const FrameRecord r = Record(MakeFrame("n", "b", 1, T0()));
+  const FrameRecord* ptr = &r;
+  absl::StatusOr<std::vector<bool>> result = store.WriteBatch({}, {&ptr, 1});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+}
+
+TEST_F(StorePgTest, ReaderServesHistoryAndTheLatestFramePerNode) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  std::vector<FrameRecord> records;
+  for (uint64_t seq = 1; seq <= 5; ++seq) {
+    records.push_back(Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(2 * seq),
+                                       {.tokens_per_s = 10.0 * seq, .watts = 10})));
+  }
+  std::vector<const FrameRecord*> ptrs;
+  for (const FrameRecord& r : records) ptrs.push_back(&r);
+  const NodeRecord node = Node("studio-01");
+  ASSERT_TRUE(store.WriteBatch({&node, 1}, ptrs).ok());
+
+  PgReader reader(db().url());
+  HistoryQuery q{"studio-01", "", T0(), T0() + absl::Seconds(8), 1000};
+  absl::StatusOr<std::vector<v1::HistoryPoint>> points = reader.History(q);
+  ASSERT_TRUE(points.ok()) << points.status();
+  ASSERT_EQ(points->size(), 4u);  // windows ending at 2, 4, 6, 8 s
+  EXPECT_EQ(FromProtoTime((*points)[0].time()), T0() + absl::Seconds(2));
+  EXPECT_DOUBLE_EQ((*points)[3].tokens_per_s(), 40);
+  EXPECT_DOUBLE_EQ((*points)[3].wes_penalized(), 4.0);
+  EXPECT_DOUBLE_EQ((*points)[3].watts(), 10);
+
+  q.limit = 2;  // the latest two, oldest first
+  points = reader.History(q);
+  ASSERT_TRUE(points.ok());
+  ASSERT_EQ(points->size(), 2u);
+  EXPECT_DOUBLE_EQ((*points)[0].tokens_per_s(), 30);
+  EXPECT_DOUBLE_EQ((*points)[1].tokens_per_s(), 40);
+
+  q = HistoryQuery{"studio-01", "llama3-8b", T0(), T0() + absl::Hours(1), 1000};
+  points = reader.History(q);
+  ASSERT_TRUE(points.ok());
+  EXPECT_EQ(points->size(), 5u);
+  EXPECT_EQ((*points)[4].thermal_state(), v1::THERMAL_STATE_NORMAL);
+
+  absl::StatusOr<std::vector<StoredNode>> nodes = reader.LoadNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  ASSERT_EQ(nodes->size(), 1u);
+  EXPECT_EQ((*nodes)[0].node_id, "studio-01");
+  EXPECT_EQ((*nodes)[0].labels.at("site"), "lab");
+  ASSERT_TRUE((*nodes)[0].latest.has_value());
+  EXPECT_EQ((*nodes)[0].latest->seq(), 5u);
+  EXPECT_EQ((*nodes)[0].first_seen, T0());
+  EXPECT_EQ((*nodes)[0].last_seen, T0() + absl::Seconds(1));
+}
+
+}  // namespace
+}  // namespace fleetwes::aggregator
