@@ -1,0 +1,106 @@
+#include "agent/agent.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/collectors/linux_hw.h"
+#include "agent/collectors/llamacpp.h"
+#include "common/logging.h"
+
+namespace fleetwes::agent {
+
+std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config) {
+  std::vector<std::unique_ptr<EngineCollector>> out;
+  for (const EngineConfig& e : config.engines) {
+    switch (e.kind) {
+      case v1::ENGINE_KIND_LLAMACPP:
+        out.push_back(std::make_unique<LlamaCppCollector>(e));
+        break;
+      default:
+        // The config rejects other kinds; reaching this is a bug.
+        Logger("agent")->critical("engine {}: kind {} has no collector", e.name,
+                                  EngineKindName(e.kind));
+        std::abort();
+    }
+  }
+  return out;
+}
+
+std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot_id, Clock* clock) {
+  SamplerOptions options;
+  options.node_id = config.node_id;
+  options.boot_id = std::move(boot_id);
+  options.labels = config.labels;
+  options.interval = config.interval;
+  options.pue = config.pue;
+  options.penalties = config.thermal_penalties;
+  return std::make_unique<Sampler>(std::move(options), MakeEngineCollectors(config),
+                                   std::make_unique<LinuxHwCollector>(config.hardware.root), clock);
+}
+
+std::string DescribeConfig(const AgentConfig& config) {
+  std::vector<std::string> engines;
+  for (const EngineConfig& e : config.engines) {
+    engines.push_back(
+        absl::StrCat(std::string(EngineKindName(e.kind)), " ", e.name, " at ", e.url));
+  }
+  return absl::StrCat("config OK: node ", config.node_id, ", ", config.engines.size(),
+                      config.engines.size() == 1 ? " engine" : " engines",
+                      engines.empty() ? "" : absl::StrCat(" (", absl::StrJoin(engines, ", "), ")"),
+                      ", ", config.aggregators.size(),
+                      config.aggregators.size() == 1 ? " aggregator" : " aggregators", " (",
+                      absl::StrJoin(config.aggregators, ", "), "), interval ",
+                      absl::FormatDuration(config.interval), ", pue ", config.pue,
+                      ", hardware root ", config.hardware.root);
+}
+
+absl::StatusOr<v1::Frame> TakeOneWindow(Sampler& sampler, Clock* clock, absl::Duration window) {
+  const absl::Time start = clock->Now();
+  if (sampler.Tick().has_value()) {
+    return absl::FailedPreconditionError("the sampler already had a baseline");
+  }
+  clock->WaitUntil(start + window, nullptr);
+  std::optional<v1::Frame> frame = sampler.Tick();
+  if (!frame.has_value()) {
+    return absl::InternalError("no frame: the clock did not advance across the window");
+  }
+  return *std::move(frame);
+}
+
+std::string FrameToJson(const v1::Frame& frame) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string json;
+  auto s = google::protobuf::util::MessageToJsonString(frame, &json, options);
+  if (!s.ok()) return "{\"error\":\"frame not printable as JSON\"}";
+  return json;
+}
+
+Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
+  sampler_ = MakeSampler(config, boot_id_, clock);
+  UplinkOptions options;
+  options.addresses = config.aggregators;
+  Sampler* sampler = sampler_.get();
+  uplink_ = std::make_unique<Uplink>(
+      std::move(options), boot_id_, &queue_, [sampler] { return sampler->Hello(); }, clock);
+  // The uplink starts with the first frame, so its Hello carries the device inventory.
+  loop_ =
+      std::make_unique<SamplerLoop>(sampler_.get(), clock, config.interval, [this](v1::Frame f) {
+        uplink_->Enqueue(std::move(f));
+        std::call_once(uplink_started_, [this] { uplink_->Start(); });
+      });
+}
+
+Agent::~Agent() { Stop(); }
+
+void Agent::Start() { loop_->Start(); }
+
+void Agent::Stop() {
+  loop_->Stop();
+  uplink_->Stop();
+}
+
+}  // namespace fleetwes::agent

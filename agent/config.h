@@ -1,0 +1,78 @@
+// fleetwes-agent configuration: typed, parsed once from YAML (deploy/agent.example.yaml
+// documents every key). Parsing is strict: unknown keys and out-of-range values are errors that
+// name the key path and its line. Plain values; thread-compatible.
+#ifndef FLEETWES_AGENT_CONFIG_H_
+#define FLEETWES_AGENT_CONFIG_H_
+
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/wes.h"
+#include "fleetwes/v1/telemetry.pb.h"
+
+namespace fleetwes::agent {
+
+// One inference engine the agent scrapes.
+struct EngineConfig {
+  // Required; unique among engines; 1..64 chars of [A-Za-z0-9._-]. Becomes EngineStatus.engine_id.
+  std::string name;
+  // "llamacpp" (the only kind supported so far).
+  v1::EngineKind kind = v1::ENGINE_KIND_LLAMACPP;
+  // Default "http://127.0.0.1:8080"; http:// or https://, host, optional port, optional path
+  // prefix that is prepended to every endpoint (e.g. behind a reverse proxy).
+  std::string url = "http://127.0.0.1:8080";
+  // Default 1s; 50ms..60s. Bounds one whole scrape of the engine (all its requests).
+  absl::Duration timeout = absl::Seconds(1);
+};
+
+struct HardwareConfig {
+  // Default "/"; an absolute directory that prefixes /sys and /proc (tests point it at a fake
+  // tree).
+  std::string root = "/";
+};
+
+struct AgentConfig {
+  // Default: the host name. 1..128 chars of [A-Za-z0-9._:-].
+  std::string node_id;
+  // Default empty; at most 64 entries, keys 1..64 chars of [A-Za-z0-9._/-], values <= 128 chars.
+  std::map<std::string, std::string> labels;
+  // Default ["localhost:7470"]; "host:port" or "[v6addr]:port", tried in order on failure.
+  std::vector<std::string> aggregators = {"localhost:7470"};
+  // Default 2s; 0.5s..60s. The sampler's cadence (one frame per interval).
+  absl::Duration interval = absl::Seconds(2);
+  // Default 1.0; 1.0..3.0. Power usage effectiveness folded into every WES.
+  double pue = 1.0;
+  // Defaults 1.0 / 1.25 / 1.75 / 2.0; each 1.0..10, non-decreasing from normal to critical.
+  ThermalPenalties thermal_penalties;
+  // Default none. At most 64.
+  std::vector<EngineConfig> engines;
+  HardwareConfig hardware;
+  // Default "info"; one of trace, debug, info, warn, error, off.
+  std::string log_level = "info";
+};
+
+// Parses and validates a config document. InvalidArgument naming the key path and line.
+absl::StatusOr<AgentConfig> ParseConfig(std::string_view yaml_text);
+// Same from a file; NotFound when the file does not exist.
+absl::StatusOr<AgentConfig> LoadConfig(const std::string& path);
+
+// The kinds the config accepts today, for messages ("llamacpp").
+std::string SupportedEngineKinds();
+// "llamacpp", "vllm", "ollama", "sglang" ("unspecified").
+std::string EngineKindName(v1::EngineKind kind);
+
+// Splits "http[s]://host[:port][/prefix]" into the client base ("http://host:port") and the
+// path prefix without a trailing slash ("" or "/prefix"). InvalidArgument when malformed.
+struct ParsedUrl {
+  std::string base;
+  std::string path_prefix;
+};
+absl::StatusOr<ParsedUrl> ParseEngineUrl(std::string_view url);
+
+}  // namespace fleetwes::agent
+
+#endif  // FLEETWES_AGENT_CONFIG_H_

@@ -1,0 +1,119 @@
+// fleetwes-replay-engine: a stand-in llama-server for end-to-end tests and the quickstart. It
+// serves the llama.cpp captures with counters that advance at --tokens_per_s and, with
+// --rapl_root, keeps a fake RAPL package zone under that directory whose energy counter
+// advances at --watts (point the agent's hardware.root there). Runs until SIGTERM/SIGINT.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "tests/support/replay_server.h"
+
+ABSL_FLAG(std::string, kind, "llamacpp", "Engine to imitate (only llamacpp).");
+ABSL_FLAG(int, port, 0, "Port on 127.0.0.1; 0 picks a free one (see --port_file).");
+ABSL_FLAG(std::string, port_file, "", "Write the bound port here (atomically, once listening).");
+ABSL_FLAG(double, tokens_per_s, 100, "Generated tokens per second (tokens_predicted_total).");
+ABSL_FLAG(double, prompt_tokens_per_s, 200, "Prompt tokens per second (prompt_tokens_total).");
+ABSL_FLAG(double, seconds_per_token, 0.02,
+          "Generation time added per generated token (tokens_predicted_seconds_total).");
+ABSL_FLAG(double, requests_per_s, 1, "Requests started per second (slot task ids).");
+ABSL_FLAG(std::string, rapl_root, "",
+          "If set, maintain DIR/sys/class/powercap/intel-rapl:0 with an energy counter "
+          "advancing at --watts, updated every 100 ms.");
+ABSL_FLAG(double, watts, 50, "Power of the fake RAPL package zone.");
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::cerr << "fleetwes-replay-engine: " << message << "\n";
+  return 1;
+}
+
+bool WritePortFile(const std::string& path, int port) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << "\n";
+    out.close();
+    if (!out) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --help lists this file's flags (absl matches flag files against the program name).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "replay_engine_main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "imitates llama-server (captured b4748 responses with advancing "
+      "counters)\nand optionally a RAPL power zone.\n\n"
+      "  fleetwes-replay-engine --kind=llamacpp --port=0 --port_file=PORT --tokens_per_s=100 "
+      "[--rapl_root=DIR --watts=50]");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_kind) != "llamacpp") {
+    return Fail(absl::StrCat("--kind=", absl::GetFlag(FLAGS_kind),
+                             " is not supported (supported: llamacpp)"));
+  }
+  const double tps = absl::GetFlag(FLAGS_tokens_per_s);
+  const double watts = absl::GetFlag(FLAGS_watts);
+  if (!(tps >= 0) || !(absl::GetFlag(FLAGS_prompt_tokens_per_s) >= 0) ||
+      !(absl::GetFlag(FLAGS_seconds_per_token) >= 0) ||
+      !(absl::GetFlag(FLAGS_requests_per_s) >= 0)) {
+    return Fail("rates must be >= 0");
+  }
+  if (!(watts >= 0)) return Fail("--watts must be >= 0");
+
+  // Signals are taken by sigwait below; server threads inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::unique_ptr<fleetwes::testing::FakeRapl> rapl;
+  if (const std::string root = absl::GetFlag(FLAGS_rapl_root); !root.empty()) {
+    rapl = std::make_unique<fleetwes::testing::FakeRapl>(root, watts);
+    if (absl::Status s = rapl->Start(); !s.ok()) return Fail(std::string(s.message()));
+  }
+
+  fleetwes::testing::ReplayServer server;
+  fleetwes::testing::LlamaCppSimOptions sim;
+  sim.tokens_per_s = tps;
+  sim.prompt_tokens_per_s = absl::GetFlag(FLAGS_prompt_tokens_per_s);
+  sim.seconds_per_token = absl::GetFlag(FLAGS_seconds_per_token);
+  sim.requests_per_s = absl::GetFlag(FLAGS_requests_per_s);
+  if (absl::Status s = server.EnableLlamaCpp(sim); !s.ok()) return Fail(std::string(s.message()));
+  if (absl::Status s = server.Start(absl::GetFlag(FLAGS_port)); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+  if (const std::string pf = absl::GetFlag(FLAGS_port_file); !pf.empty()) {
+    if (!WritePortFile(pf, server.port())) return Fail(absl::StrCat("cannot write ", pf));
+  }
+  std::cerr << "fleetwes-replay-engine: llamacpp on " << server.url() << ", " << tps << " tokens/s"
+            << (rapl != nullptr ? absl::StrCat(", RAPL ", watts, " W under ", rapl->zone_dir())
+                                : std::string())
+            << std::endl;
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  server.Stop();
+  if (rapl != nullptr) rapl->Stop();
+  return 0;
+}

@@ -1,0 +1,163 @@
+// Test doubles for engines and hardware, used by agent tests, end-to-end tests and the
+// quickstart (through fleetwes-replay-engine):
+//  - ReplayServer: an HTTP server on 127.0.0.1 (port 0 by default; port() tells the real one)
+//    serving configured responses, plus a llama.cpp mode built from the llama-server b4748
+//    captures whose counters advance by exact amounts per elapsed Clock time, so a test knows
+//    the exact Δ a scrape must see.
+//  - FakeRapl: a powercap tree (intel-rapl:0, "package-0") whose energy_uj advances at a set
+//    power.
+// Both take a Clock: with a FakeClock, values move only when the test advances it.
+// Thread-safe.
+#ifndef FLEETWES_TESTS_SUPPORT_REPLAY_SERVER_H_
+#define FLEETWES_TESTS_SUPPORT_REPLAY_SERVER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+
+namespace httplib {
+class Server;
+}  // namespace httplib
+
+namespace fleetwes::testing {
+
+// The contents of FLEETWES_FIXTURES_DIR/<relative>, e.g. "llamacpp-b4748/props.json".
+absl::StatusOr<std::string> ReadFixture(const std::string& relative);
+
+struct ReplayResponse {
+  int status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string body;
+};
+
+// How the simulated llama-server's counters move. Every counter advances linearly in Clock
+// time from the moment the options were set; token counters are whole numbers (floor).
+struct LlamaCppSimOptions {
+  double tokens_per_s = 100;         // llamacpp:tokens_predicted_total
+  double prompt_tokens_per_s = 200;  // llamacpp:prompt_tokens_total
+  // Added to tokens_predicted_seconds_total per generated token (the per-token latency).
+  double seconds_per_token = 0.02;
+  // Added to prompt_seconds_total per prompt token.
+  double prompt_seconds_per_token = 0.0005;
+  // New requests per second; each starts on the next slot in turn (its id_task changes).
+  double requests_per_s = 1;
+};
+
+class ReplayServer {
+ public:
+  explicit ReplayServer(Clock* clock = RealClock());
+  ~ReplayServer();  // Stop()
+  ReplayServer(const ReplayServer&) = delete;
+  ReplayServer& operator=(const ReplayServer&) = delete;
+
+  // Binds 127.0.0.1:`port` (0: any free port) and serves on a background thread.
+  absl::Status Start(int port = 0);
+  // Releases hung requests, stops serving and joins.
+  void Stop();
+  int port() const { return port_; }
+  std::string url() const;  // "http://127.0.0.1:<port>"
+
+  // Answers GET `path` with `response` (takes precedence over the llama.cpp routes).
+  void SetRoute(const std::string& path, ReplayResponse response);
+  void ClearRoute(const std::string& path);
+  // While set, GET `path` blocks until cleared or the server stops: a hung engine.
+  void SetHang(const std::string& path, bool hang);
+  // GET requests served for `path` so far.
+  int hits(const std::string& path) const;
+
+  // Serves /health, /metrics, /props, /slots, /v1/models like llama-server b4748 (bodies from
+  // the fixtures; /slots keeps their prompt text). Counters start at the capture's values.
+  absl::Status EnableLlamaCpp(const LlamaCppSimOptions& options = {});
+  // Changes the rates from now on; counters keep their current values.
+  void SetLlamaCppOptions(const LlamaCppSimOptions& options);
+  // /health answers 503 "Loading model" while set.
+  void SetLoading(bool loading);
+  // Without metrics, /metrics answers 501 like a server started without --metrics.
+  void SetMetricsEnabled(bool enabled);
+  // Simulates an engine restart: every counter starts again from 0.
+  void RestartEngine();
+
+  // The simulated counters at the clock's current time.
+  uint64_t tokens_predicted_total() const;
+  uint64_t prompt_tokens_total() const;
+
+ private:
+  struct Counters {
+    double tokens_predicted;
+    double prompt_tokens;
+    double predicted_seconds;
+    double prompt_seconds;
+    double requests;
+  };
+  Counters CountersAt(absl::Time t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Rebase(absl::Time t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<ReplayResponse> LlamaCppResponse(const std::string& path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ReplayResponse Handle(const std::string& path);
+
+  Clock* const clock_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+
+  mutable absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, ReplayResponse> routes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, bool> hang_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> hits_ ABSL_GUARDED_BY(mu_);
+
+  // llama.cpp mode.
+  bool llamacpp_ ABSL_GUARDED_BY(mu_) = false;
+  bool loading_ ABSL_GUARDED_BY(mu_) = false;
+  bool metrics_enabled_ ABSL_GUARDED_BY(mu_) = true;
+  LlamaCppSimOptions sim_ ABSL_GUARDED_BY(mu_);
+  absl::Time base_time_ ABSL_GUARDED_BY(mu_);
+  Counters base_ ABSL_GUARDED_BY(mu_) = {};
+  std::map<std::string, std::string> fixtures_ ABSL_GUARDED_BY(mu_);
+};
+
+// A fake RAPL package zone under `root`: root/sys/class/powercap/intel-rapl:0/{name,
+// energy_uj, max_energy_range_uj}. energy_uj = start + watts × elapsed Clock time (in µJ),
+// wrapping at max_energy_range_uj; each write goes to a temporary file renamed over the old
+// one, so readers never see a partial value.
+class FakeRapl {
+ public:
+  FakeRapl(std::string root, double watts, Clock* clock = RealClock(),
+           uint64_t max_energy_range_uj = 262'143'328'850, uint64_t start_uj = 0);
+  ~FakeRapl();  // Stop()
+
+  // Creates the tree and writes the first value.
+  absl::Status Create();
+  // Writes the value for the clock's current time.
+  absl::Status Update();
+  // Create() and then Update() every `period` on a background thread until Stop().
+  absl::Status Start(absl::Duration period = absl::Milliseconds(100));
+  void Stop();
+
+  std::string zone_dir() const;
+  uint64_t EnergyAt(absl::Time t) const;
+
+ private:
+  const std::string root_;
+  const double watts_;
+  Clock* const clock_;
+  const uint64_t max_range_uj_;
+  const uint64_t start_uj_;
+  absl::Time start_time_;
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+}  // namespace fleetwes::testing
+
+#endif  // FLEETWES_TESTS_SUPPORT_REPLAY_SERVER_H_
