@@ -8,6 +8,9 @@
 #include "absl/strings/str_join.h"
 #include "agent/collectors/linux_hw.h"
 #include "agent/collectors/llamacpp.h"
+#include "agent/collectors/nvml.h"
+#include "agent/collectors/sglang.h"
+#include "agent/collectors/vllm.h"
 #include "common/logging.h"
 
 namespace fleetwes::agent {
@@ -18,6 +21,12 @@ std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentCo
     switch (e.kind) {
       case v1::ENGINE_KIND_LLAMACPP:
         out.push_back(std::make_unique<LlamaCppCollector>(e));
+        break;
+      case v1::ENGINE_KIND_VLLM:
+        out.push_back(std::make_unique<VllmCollector>(e));
+        break;
+      case v1::ENGINE_KIND_SGLANG:
+        out.push_back(std::make_unique<SglangCollector>(e));
         break;
       default:
         // The config rejects other kinds; reaching this is a bug.
@@ -37,8 +46,14 @@ std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot
   options.interval = config.interval;
   options.pue = config.pue;
   options.penalties = config.thermal_penalties;
+  std::vector<std::unique_ptr<HardwareCollector>> hardware;
+  hardware.push_back(std::make_unique<LinuxHwCollector>(config.hardware.root));
+  if (config.hardware.nvml) {
+    hardware.push_back(std::make_unique<NvmlCollector>(config.hardware.nvml_library));
+  }
   return std::make_unique<Sampler>(std::move(options), MakeEngineCollectors(config),
-                                   std::make_unique<LinuxHwCollector>(config.hardware.root), clock);
+                                   std::make_unique<CombinedHardwareCollector>(std::move(hardware)),
+                                   clock);
 }
 
 std::string DescribeConfig(const AgentConfig& config) {
@@ -84,13 +99,43 @@ Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
   UplinkOptions options;
   options.addresses = config.aggregators;
   Sampler* sampler = sampler_.get();
+  if (config.spool.enabled) {
+    SpoolOptions spool_options;
+    spool_options.dir = config.spool.dir;
+    spool_options.node_id = config.node_id;
+    spool_options.boot_id = boot_id_;
+    spool_options.max_bytes = static_cast<uint64_t>(config.spool.max_bytes);
+    spool_options.fsync_interval = config.spool.fsync_interval;
+    absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(std::move(spool_options), clock);
+    if (spool.ok()) {
+      spool_ = *std::move(spool);
+      queue_ = spool_.get();
+      for (const std::string& boot : spool_->PendingBoots()) {
+        replay_queues_.push_back(std::make_unique<SpoolBootView>(spool_.get(), boot));
+        replay_uplinks_.push_back(std::make_unique<Uplink>(
+            options, boot, replay_queues_.back().get(),
+            [sampler, boot] {
+              v1::Hello hello = sampler->Hello();
+              hello.set_boot_id(boot);
+              return hello;
+            },
+            clock));
+      }
+    } else {
+      Logger("agent")->error("{}; keeping unacknowledged frames in memory only",
+                             std::string(spool.status().message()));
+    }
+  }
   uplink_ = std::make_unique<Uplink>(
-      std::move(options), boot_id_, &queue_, [sampler] { return sampler->Hello(); }, clock);
+      std::move(options), boot_id_, queue_, [sampler] { return sampler->Hello(); }, clock);
   // The uplink starts with the first frame, so its Hello carries the device inventory.
   loop_ =
       std::make_unique<SamplerLoop>(sampler_.get(), clock, config.interval, [this](v1::Frame f) {
         uplink_->Enqueue(std::move(f));
-        std::call_once(uplink_started_, [this] { uplink_->Start(); });
+        std::call_once(uplink_started_, [this] {
+          uplink_->Start();
+          for (auto& replay : replay_uplinks_) replay->Start();
+        });
       });
 }
 
@@ -101,6 +146,7 @@ void Agent::Start() { loop_->Start(); }
 void Agent::Stop() {
   loop_->Stop();
   uplink_->Stop();
+  for (auto& replay : replay_uplinks_) replay->Stop();
 }
 
 }  // namespace fleetwes::agent

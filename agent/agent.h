@@ -14,6 +14,7 @@
 #include "agent/config.h"
 #include "agent/frame_queue.h"
 #include "agent/sampler.h"
+#include "agent/spool.h"
 #include "agent/uplink.h"
 #include "common/clock.h"
 #include "fleetwes/v1/telemetry.pb.h"
@@ -42,8 +43,8 @@ class Agent {
   Agent(const AgentConfig& config, Clock* clock);
   ~Agent();  // Stop()
   void Start();
-  // Prompt: stops sampling, then the uplink (unacknowledged frames are lost until the disk
-  // spool exists).
+  // Prompt: stops sampling, then the uplinks; the spool (when configured) is flushed when the
+  // agent is destroyed. Without a spool, unacknowledged frames are lost.
   void Stop();
 
   const std::string& boot_id() const { return boot_id_; }
@@ -52,7 +53,13 @@ class Agent {
  private:
   const std::string boot_id_;
   std::unique_ptr<Sampler> sampler_;
-  MemoryFrameQueue queue_;
+  // Frames wait in the spool when `spool:` is configured (and opens), else in memory.
+  MemoryFrameQueue memory_queue_;
+  std::unique_ptr<Spool> spool_;
+  FrameQueue* queue_ = &memory_queue_;
+  // One uplink per earlier boot with frames left in the spool, replayed under that boot's id.
+  std::vector<std::unique_ptr<SpoolBootView>> replay_queues_;
+  std::vector<std::unique_ptr<Uplink>> replay_uplinks_;
   std::unique_ptr<Uplink> uplink_;
   std::unique_ptr<SamplerLoop> loop_;
   std::once_flag uplink_started_;

@@ -111,7 +111,11 @@ absl::Status ParseEngine(MapReader& r, std::set<std::string>* names, EngineConfi
   if (absl::Status s = r.Read("kind", &kind); !s.ok()) return s;
   if (kind == "llamacpp") {
     out->kind = v1::ENGINE_KIND_LLAMACPP;
-  } else if (kind == "vllm" || kind == "ollama" || kind == "sglang") {
+  } else if (kind == "vllm") {
+    out->kind = v1::ENGINE_KIND_VLLM;
+  } else if (kind == "sglang") {
+    out->kind = v1::ENGINE_KIND_SGLANG;
+  } else if (kind == "ollama") {
     return r.Error(
         "kind",
         absl::StrCat("\"", kind, "\" is not supported yet; supported: ", SupportedEngineKinds()));
@@ -119,6 +123,7 @@ absl::Status ParseEngine(MapReader& r, std::set<std::string>* names, EngineConfi
     return r.Error("kind", absl::StrCat("unknown engine kind \"", kind,
                                         "\"; supported: ", SupportedEngineKinds()));
   }
+  out->url = DefaultEngineUrl(out->kind);
   if (absl::Status s = r.Read("url", &out->url); !s.ok()) return s;
   if (auto parsed = ParseEngineUrl(out->url); !parsed.ok()) {
     return r.Error("url", std::string(parsed.status().message()));
@@ -208,7 +213,36 @@ absl::StatusOr<AgentConfig> ParseRoot(YAML::Node node) {
       return h.Error(
           "root", absl::StrCat("must be an absolute directory, got \"", cfg.hardware.root, "\""));
     }
+    if (absl::Status s = h.Read("nvml", &cfg.hardware.nvml); !s.ok()) return s;
+    if (absl::Status s = h.Read("nvml_library", &cfg.hardware.nvml_library); !s.ok()) return s;
+    if (cfg.hardware.nvml_library.size() > 4096) {
+      return h.Error("nvml_library", "is longer than 4096 characters");
+    }
     if (absl::Status s = h.Finish(); !s.ok()) return s;
+  }
+
+  auto spool = r.Child("spool");
+  if (!spool.ok()) return spool.status();
+  if (spool->has_value()) {
+    MapReader& sp = **spool;
+    if (absl::Status s = sp.Read("dir", &cfg.spool.dir); !s.ok()) return s;
+    if (!cfg.spool.dir.empty() && !absl::StartsWith(cfg.spool.dir, "/")) {
+      return sp.Error("dir",
+                      absl::StrCat("must be an absolute directory, got \"", cfg.spool.dir, "\""));
+    }
+    cfg.spool.enabled = !cfg.spool.dir.empty();
+    if (absl::Status s = sp.Read("max_bytes", &cfg.spool.max_bytes); !s.ok()) return s;
+    if (cfg.spool.max_bytes < (int64_t{1} << 20) || cfg.spool.max_bytes > (int64_t{1} << 40)) {
+      return sp.Error("max_bytes", "must be 1 MiB..1 TiB (1048576..1099511627776)");
+    }
+    if (absl::Status s = sp.ReadDuration("fsync_interval", &cfg.spool.fsync_interval); !s.ok()) {
+      return s;
+    }
+    if (cfg.spool.fsync_interval < absl::Milliseconds(1) ||
+        cfg.spool.fsync_interval > absl::Milliseconds(500)) {
+      return sp.Error("fsync_interval", "must be 1ms..500ms");
+    }
+    if (absl::Status s = sp.Finish(); !s.ok()) return s;
   }
 
   if (absl::Status s = r.ReadEnum("log_level", {"trace", "debug", "info", "warn", "error", "off"},
@@ -222,7 +256,20 @@ absl::StatusOr<AgentConfig> ParseRoot(YAML::Node node) {
 
 }  // namespace
 
-std::string SupportedEngineKinds() { return "llamacpp"; }
+std::string SupportedEngineKinds() { return "llamacpp, vllm, sglang"; }
+
+std::string DefaultEngineUrl(v1::EngineKind kind) {
+  switch (kind) {
+    case v1::ENGINE_KIND_VLLM:
+      return "http://127.0.0.1:8000";
+    case v1::ENGINE_KIND_SGLANG:
+      return "http://127.0.0.1:30000";
+    case v1::ENGINE_KIND_OLLAMA:
+      return "http://127.0.0.1:11434";
+    default:
+      return "http://127.0.0.1:8080";
+  }
+}
 
 std::string EngineKindName(v1::EngineKind kind) {
   switch (kind) {

@@ -20,9 +20,10 @@ namespace fleetwes::agent {
 struct EngineConfig {
   // Required; unique among engines; 1..64 chars of [A-Za-z0-9._-]. Becomes EngineStatus.engine_id.
   std::string name;
-  // "llamacpp" (the only kind supported so far).
+  // Required: "llamacpp", "vllm" or "sglang".
   v1::EngineKind kind = v1::ENGINE_KIND_LLAMACPP;
-  // Default "http://127.0.0.1:8080"; http:// or https://, host, optional port, optional path
+  // Default: the engine's own default port on loopback (DefaultEngineUrl: llamacpp 8080,
+  // vllm 8000, sglang 30000); http:// or https://, host, optional port, optional path
   // prefix that is prepended to every endpoint (e.g. behind a reverse proxy).
   std::string url = "http://127.0.0.1:8080";
   // Default 1s; 50ms..60s. Bounds one whole scrape of the engine (all its requests).
@@ -33,6 +34,23 @@ struct HardwareConfig {
   // Default "/"; an absolute directory that prefixes /sys and /proc (tests point it at a fake
   // tree).
   std::string root = "/";
+  // Default true: read NVIDIA GPUs through NVML when the library is present (a host without it
+  // simply has no NVIDIA devices).
+  bool nvml = true;
+  // Default "": dlopen libnvidia-ml.so.1, then libnvidia-ml.so. A path overrides both.
+  std::string nvml_library;
+};
+
+// The durable spool (agent/spool.h). Without a `spool:` section the agent keeps unacknowledged
+// frames in memory only; a `spool:` section (even empty) turns the spool on.
+struct SpoolConfig {
+  bool enabled = false;  // true when the config has a `spool:` section with a non-empty dir
+  // Default "/var/lib/fleetwes/spool"; an absolute directory, created when missing.
+  std::string dir = "/var/lib/fleetwes/spool";
+  // Default 256 MiB; 1 MiB..1 TiB. Oldest segments are evicted (and counted) beyond it.
+  int64_t max_bytes = int64_t{256} << 20;
+  // Default 200ms; 1ms..500ms. Group fsync period (the most a machine crash can lose).
+  absl::Duration fsync_interval = absl::Milliseconds(200);
 };
 
 struct AgentConfig {
@@ -51,6 +69,7 @@ struct AgentConfig {
   // Default none. At most 64.
   std::vector<EngineConfig> engines;
   HardwareConfig hardware;
+  SpoolConfig spool;
   // Default "info"; one of trace, debug, info, warn, error, off.
   std::string log_level = "info";
 };
@@ -60,8 +79,10 @@ absl::StatusOr<AgentConfig> ParseConfig(std::string_view yaml_text);
 // Same from a file; NotFound when the file does not exist.
 absl::StatusOr<AgentConfig> LoadConfig(const std::string& path);
 
-// The kinds the config accepts today, for messages ("llamacpp").
+// The kinds the config accepts today, for messages ("llamacpp, vllm, sglang").
 std::string SupportedEngineKinds();
+// "http://127.0.0.1:<the engine's default port>".
+std::string DefaultEngineUrl(v1::EngineKind kind);
 // "llamacpp", "vllm", "ollama", "sglang" ("unspecified").
 std::string EngineKindName(v1::EngineKind kind);
 

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 
+#include "common/prom_text.h"
 #include "common/thermal.h"
 #include "common/wes.h"
 
@@ -46,6 +47,33 @@ std::optional<uint64_t> RequestsStarted(const ModelReading& prev, const ModelRea
   return started;
 }
 
+// The histogram's window delta. Sets *reset when its count went down (an engine restart);
+// nullopt also when either side is missing or the bucket layout changed.
+std::optional<prom::Histogram> HistogramDelta(const std::optional<prom::Histogram>& prev,
+                                              const std::optional<prom::Histogram>& cur,
+                                              bool* reset) {
+  if (!prev.has_value() || !cur.has_value()) return std::nullopt;
+  if (cur->count < prev->count || cur->sum < prev->sum) {
+    *reset = true;
+    return std::nullopt;
+  }
+  return prom::Delta(*prev, *cur);
+}
+
+// Mean = Δsum / Δcount, p50/p95 interpolated in the Δbuckets, count = Δcount. Only for windows
+// with observations (HasObservations); otherwise the summary stays unset.
+bool HasObservations(const std::optional<prom::Histogram>& delta) {
+  return delta.has_value() && delta->count > 0 && std::isfinite(delta->count) &&
+         std::isfinite(delta->sum) && delta->sum >= 0;
+}
+
+void Summarize(const std::optional<prom::Histogram>& delta, v1::LatencySummary* out) {
+  out->set_mean_s(delta->sum / delta->count);
+  out->set_count(static_cast<uint64_t>(std::llround(delta->count)));
+  if (auto q = prom::Quantile(0.5, *delta); q.has_value() && *q >= 0) out->set_p50_s(*q);
+  if (auto q = prom::Quantile(0.95, *delta); q.has_value() && *q >= 0) out->set_p95_s(*q);
+}
+
 }  // namespace
 
 v1::ModelSample ModelWindow(const std::string& engine_id, v1::EngineKind kind,
@@ -66,6 +94,7 @@ v1::ModelSample ModelWindow(const std::string& engine_id, v1::EngineKind kind,
         cur.slots.begin(), cur.slots.end(), [](const SlotReading& s) { return !s.processing; })));
   }
   if (cur.vram_bytes.has_value()) m.set_vram_bytes(*cur.vram_bytes);
+  if (auto v = GaugeU32(cur.requests_waiting_capacity)) m.set_requests_waiting_capacity(*v);
 
   const double seconds = absl::ToDoubleSeconds(dt);
   if (prev == nullptr || seconds <= 0) return m;
@@ -84,9 +113,36 @@ v1::ModelSample ModelWindow(const std::string& engine_id, v1::EngineKind kind,
       CounterDelta(prev->decode_seconds_total, cur.decode_seconds_total, &reset);
   std::optional<double> prefill_s =
       CounterDelta(prev->prefill_seconds_total, cur.prefill_seconds_total, &reset);
+  std::optional<double> prefix_queries =
+      CounterDelta(prev->prefix_cache_queries_total, cur.prefix_cache_queries_total, &reset);
+  std::optional<double> prefix_hits =
+      CounterDelta(prev->prefix_cache_hits_total, cur.prefix_cache_hits_total, &reset);
+  std::optional<double> preemptions =
+      CounterDelta(prev->preemptions_total, cur.preemptions_total, &reset);
+  std::optional<prom::Histogram> ttft_h =
+      HistogramDelta(prev->ttft_histogram, cur.ttft_histogram, &reset);
+  std::optional<prom::Histogram> tpot_h =
+      HistogramDelta(prev->tpot_histogram, cur.tpot_histogram, &reset);
+  std::optional<prom::Histogram> e2e_h =
+      HistogramDelta(prev->e2e_histogram, cur.e2e_histogram, &reset);
+  std::optional<prom::Histogram> queue_h =
+      HistogramDelta(prev->queue_histogram, cur.queue_histogram, &reset);
   if (reset) {
     m.set_counters_reset(true);
     return m;
+  }
+
+  // Measured distributions (histogram deltas) take precedence over estimates.
+  if (HasObservations(ttft_h)) Summarize(ttft_h, m.mutable_ttft());
+  if (HasObservations(tpot_h)) Summarize(tpot_h, m.mutable_tpot());
+  if (HasObservations(e2e_h)) Summarize(e2e_h, m.mutable_e2e());
+  if (HasObservations(queue_h)) Summarize(queue_h, m.mutable_queue());
+  if (prefix_queries.has_value() && prefix_hits.has_value() && *prefix_queries > 0 &&
+      *prefix_hits <= *prefix_queries) {
+    m.set_prefix_cache_hit_rate(*prefix_hits / *prefix_queries);
+  }
+  if (preemptions.has_value()) {
+    m.set_preemptions(static_cast<uint64_t>(std::llround(*preemptions)));
   }
 
   if (decode.has_value()) {
@@ -100,7 +156,7 @@ v1::ModelSample ModelWindow(const std::string& engine_id, v1::EngineKind kind,
 
   // TPOT estimate: generation time per generated token, summed over the requests whose tokens
   // were credited in the window.
-  if (decode.has_value() && *decode > 0 && decode_s.has_value()) {
+  if (decode.has_value() && *decode > 0 && decode_s.has_value() && m.tpot().count() == 0) {
     v1::LatencySummary* tpot = m.mutable_tpot();
     tpot->set_mean_s(*decode_s / *decode);
     tpot->set_count(static_cast<uint64_t>(std::llround(*decode)));
@@ -109,7 +165,7 @@ v1::ModelSample ModelWindow(const std::string& engine_id, v1::EngineKind kind,
   // TTFT estimate: prompt processing time of the window divided by the requests seen starting.
   std::optional<uint64_t> started = RequestsStarted(*prev, cur);
   if (started.has_value() && *started > 0 && prefill.has_value() && *prefill > 0 &&
-      prefill_s.has_value()) {
+      prefill_s.has_value() && m.ttft().count() == 0) {
     v1::LatencySummary* ttft = m.mutable_ttft();
     ttft->set_mean_s(*prefill_s / static_cast<double>(*started));
     ttft->set_count(*started);
@@ -154,6 +210,29 @@ HardwareWindow ComputeHardwareWindow(const HardwareReading* prev, const Hardware
           out.set_power_w(watts);
         }
       }
+    }
+
+    // Without an energy counter, the power read at window end stands for the window.
+    if (!out.has_power_w() && d.power_w.has_value() && std::isfinite(*d.power_w) &&
+        *d.power_w >= 0 && *d.power_w <= kMaxPlausibleDeviceWatts && seconds > 0) {
+      out.set_power_w(*d.power_w);
+      out.set_energy_j(*d.power_w * seconds);
+    }
+    if (d.clock_mhz.has_value()) out.set_clock_mhz(*d.clock_mhz);
+    if (d.clock_max_mhz.has_value()) out.set_clock_max_mhz(*d.clock_max_mhz);
+    if (d.memory_used_bytes.has_value()) out.set_memory_used_bytes(*d.memory_used_bytes);
+    if (d.memory_total_bytes.has_value()) out.set_memory_total_bytes(*d.memory_total_bytes);
+    if (d.kind == v1::DEVICE_KIND_GPU_NVIDIA && d.unavailable_reason.empty()) {
+      thermal::NvidiaReading r;
+      r.clocks_event_mask = d.clocks_event_mask.value_or(0);
+      r.temperature_c = d.temperature_c;
+      r.slowdown_threshold_c = d.slowdown_threshold_c;
+      r.gpu_max_threshold_c = d.gpu_max_threshold_c;
+      r.hw_slowdown_in_previous_read = before != nullptr && before->clocks_event_mask.has_value() &&
+                                       (*before->clocks_event_mask & thermal::kNvHwSlowdown) != 0;
+      out.set_throttle_mask(r.clocks_event_mask);
+      out.set_power_capped((r.clocks_event_mask & thermal::kNvSwPowerCap) != 0);
+      out.set_thermal_state(thermal::NvidiaState(r));
     }
 
     if (d.kind == v1::DEVICE_KIND_CPU &&

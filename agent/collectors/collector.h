@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "common/prom_text.h"
 #include "common/thermal.h"
 #include "fleetwes/v1/telemetry.pb.h"
 
@@ -39,6 +40,18 @@ struct ModelReading {
   std::optional<uint32_t> slots_total;
   std::vector<SlotReading> slots;  // empty when the engine does not expose slots
   std::optional<uint64_t> vram_bytes;
+  // Cumulative latency histograms (vLLM, SGLang); absent when the engine does not expose them.
+  std::optional<prom::Histogram> ttft_histogram;
+  std::optional<prom::Histogram> tpot_histogram;  // inter-token latency
+  std::optional<prom::Histogram> e2e_histogram;
+  std::optional<prom::Histogram> queue_histogram;
+  // More monotonic counters: prompt tokens looked up in / served from the prefix cache, and
+  // preempted requests.
+  std::optional<double> prefix_cache_queries_total;
+  std::optional<double> prefix_cache_hits_total;
+  std::optional<double> preemptions_total;
+  // Gauge: requests waiting because the engine lacks capacity (vLLM waiting_by_reason).
+  std::optional<double> requests_waiting_capacity;
 };
 
 // One read of an engine.
@@ -77,6 +90,16 @@ struct DeviceReading {
   std::vector<thermal::CpuReading> cpu_zones;
   // Sum of core and package throttle event counters of all CPUs.
   std::optional<uint64_t> throttle_events_total;
+  // GPUs (NVML): instantaneous board power, used for the window when there is no energy
+  // counter; clocks; the clocks-event reasons mask; temperature thresholds; memory.
+  std::optional<double> power_w;
+  std::optional<double> clock_mhz;
+  std::optional<double> clock_max_mhz;
+  std::optional<uint64_t> clocks_event_mask;
+  std::optional<double> slowdown_threshold_c;
+  std::optional<double> gpu_max_threshold_c;
+  std::optional<uint64_t> memory_used_bytes;
+  std::optional<uint64_t> memory_total_bytes;
   std::string unavailable_reason;  // set when the device exists but could not be read
 };
 

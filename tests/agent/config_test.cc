@@ -95,11 +95,24 @@ TEST(ConfigTest, UnknownKeysNameTheirPathAndLine) {
               AllOf(HasSubstr("hot"), HasSubstr("thermal_penalties"), HasSubstr("line 3")));
 }
 
+TEST(ConfigTest, VllmAndSglangWithTheirDefaultPorts) {
+  absl::StatusOr<AgentConfig> c = ParseConfig(
+      "engines:\n  - name: v\n    kind: vllm\n  - name: s\n    kind: sglang\n"
+      "  - name: l\n    kind: llamacpp\n  - name: w\n    kind: vllm\n    url: http://h:9\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->engines.size(), 4u);
+  EXPECT_EQ(c->engines[0].kind, v1::ENGINE_KIND_VLLM);
+  EXPECT_EQ(c->engines[0].url, "http://127.0.0.1:8000");
+  EXPECT_EQ(c->engines[1].kind, v1::ENGINE_KIND_SGLANG);
+  EXPECT_EQ(c->engines[1].url, "http://127.0.0.1:30000");
+  EXPECT_EQ(c->engines[2].url, "http://127.0.0.1:8080");
+  EXPECT_EQ(c->engines[3].url, "http://h:9");
+}
+
 TEST(ConfigTest, EngineKinds) {
-  EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: vllm\n"),
+  EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: ollama\n"),
               AllOf(HasSubstr("engines[0].kind"), HasSubstr("line 3"),
-                    HasSubstr("not supported yet"), HasSubstr("llamacpp")));
-  EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: ollama\n"), HasSubstr("not supported yet"));
+                    HasSubstr("not supported yet"), HasSubstr("llamacpp, vllm, sglang")));
   EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: tgi\n"),
               AllOf(HasSubstr("unknown engine kind"), HasSubstr("llamacpp"), HasSubstr("line 3")));
   EXPECT_THAT(ErrorOf("engines:\n  - name: a\n"),

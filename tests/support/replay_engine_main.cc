@@ -20,7 +20,9 @@
 #include "absl/strings/str_cat.h"
 #include "tests/support/replay_server.h"
 
-ABSL_FLAG(std::string, kind, "llamacpp", "Engine to imitate (only llamacpp).");
+ABSL_FLAG(std::string, kind, "llamacpp",
+          "Engine to imitate: llamacpp (b4748 captures), vllm (0.29.0 capture) or sglang (v0.5 "
+          "capture); token counters advance at --tokens_per_s / --prompt_tokens_per_s.");
 ABSL_FLAG(int, port, 0, "Port on 127.0.0.1; 0 picks a free one (see --port_file).");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port here (atomically, once listening).");
 ABSL_FLAG(double, tokens_per_s, 100, "Generated tokens per second (tokens_predicted_total).");
@@ -67,9 +69,10 @@ int main(int argc, char** argv) {
       "  fleetwes-replay-engine --kind=llamacpp --port=0 --port_file=PORT --tokens_per_s=100 "
       "[--rapl_root=DIR --watts=50]");
   absl::ParseCommandLine(argc, argv);
-  if (absl::GetFlag(FLAGS_kind) != "llamacpp") {
-    return Fail(absl::StrCat("--kind=", absl::GetFlag(FLAGS_kind),
-                             " is not supported (supported: llamacpp)"));
+  const std::string kind = absl::GetFlag(FLAGS_kind);
+  if (kind != "llamacpp" && kind != "vllm" && kind != "sglang") {
+    return Fail(
+        absl::StrCat("--kind=", kind, " is not supported (supported: llamacpp, vllm, sglang)"));
   }
   const double tps = absl::GetFlag(FLAGS_tokens_per_s);
   const double watts = absl::GetFlag(FLAGS_watts);
@@ -99,14 +102,32 @@ int main(int argc, char** argv) {
   sim.prompt_tokens_per_s = absl::GetFlag(FLAGS_prompt_tokens_per_s);
   sim.seconds_per_token = absl::GetFlag(FLAGS_seconds_per_token);
   sim.requests_per_s = absl::GetFlag(FLAGS_requests_per_s);
-  if (absl::Status s = server.EnableLlamaCpp(sim); !s.ok()) return Fail(std::string(s.message()));
+  if (kind == "llamacpp") {
+    if (absl::Status s = server.EnableLlamaCpp(sim); !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
+  } else {
+    // Prometheus engines: token counters advance, and each generated token is one inter-token
+    // observation of --seconds_per_token.
+    const std::string prefix = kind == "vllm" ? "vllm:" : "sglang:";
+    fleetwes::testing::PromSimOptions prom;
+    prom.fixture = kind == "vllm" ? "vllm-0.29.0/metrics_after_load.txt"
+                                  : "sglang/metrics_v0.5.10.post1_datadog_trimmed.txt";
+    prom.counter_rates[prefix + "generation_tokens_total"] = tps;
+    prom.counter_rates[prefix + "prompt_tokens_total"] = absl::GetFlag(FLAGS_prompt_tokens_per_s);
+    prom.histograms[prefix + "inter_token_latency_seconds"] = {tps, sim.seconds_per_token};
+    if (absl::Status s = server.EnablePromEngine(prom); !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
+  }
   if (absl::Status s = server.Start(absl::GetFlag(FLAGS_port)); !s.ok()) {
     return Fail(std::string(s.message()));
   }
   if (const std::string pf = absl::GetFlag(FLAGS_port_file); !pf.empty()) {
     if (!WritePortFile(pf, server.port())) return Fail(absl::StrCat("cannot write ", pf));
   }
-  std::cerr << "fleetwes-replay-engine: llamacpp on " << server.url() << ", " << tps << " tokens/s"
+  std::cerr << "fleetwes-replay-engine: " << kind << " on " << server.url() << ", " << tps
+            << " tokens/s"
             << (rapl != nullptr ? absl::StrCat(", RAPL ", watts, " W under ", rapl->zone_dir())
                                 : std::string())
             << std::endl;

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -135,10 +136,88 @@ ReplayResponse ReplayServer::Handle(const std::string& path) {
   };
   mu_.Await(absl::Condition(&released));
   if (auto it = routes_.find(path); it != routes_.end()) return it->second;
+  if (prom_ && path == "/metrics") {
+    return ReplayResponse{
+        200, kPromText, AdvanceExposition(prom_text_, prom_sim_, clock_->Now() - prom_base_time_)};
+  }
   if (llamacpp_) {
     if (std::optional<ReplayResponse> r = LlamaCppResponse(path)) return *std::move(r);
   }
   return ReplayResponse{404, "text/plain", "File Not Found"};
+}
+
+absl::Status ReplayServer::EnablePromEngine(const PromSimOptions& options) {
+  absl::StatusOr<std::string> text = ReadFixture(options.fixture);
+  if (!text.ok()) return text.status();
+  absl::MutexLock lock(&mu_);
+  llamacpp_ = false;
+  prom_ = true;
+  prom_sim_ = options;
+  prom_text_ = *std::move(text);
+  prom_base_time_ = clock_->Now();
+  return absl::OkStatus();
+}
+
+std::string AdvanceExposition(const std::string& text, const PromSimOptions& options,
+                              absl::Duration elapsed) {
+  const double seconds = std::max(0.0, absl::ToDoubleSeconds(elapsed));
+  auto parse = [](absl::string_view v) -> std::optional<double> {
+    if (v == "+Inf" || v == "Inf" || v == "inf" || v == "+inf") return HUGE_VAL;
+    double d = 0;
+    auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), d);
+    if (ec != std::errc() || ptr != v.data() + v.size()) return std::nullopt;
+    return d;
+  };
+  auto family_of = [](absl::string_view name, absl::string_view suffix) -> std::string {
+    if (name.size() > suffix.size() && name.substr(name.size() - suffix.size()) == suffix) {
+      return std::string(name.substr(0, name.size() - suffix.size()));
+    }
+    return "";
+  };
+  std::string out;
+  out.reserve(text.size() + 256);
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    size_t name_end = line.find_first_of("{ ");
+    size_t value_pos = line.rfind(' ');
+    if (line.empty() || line[0] == '#' || name_end == absl::string_view::npos ||
+        value_pos == absl::string_view::npos || value_pos < name_end) {
+      absl::StrAppend(&out, line, "\n");
+      continue;
+    }
+    absl::string_view name = line.substr(0, name_end);
+    std::optional<double> value = parse(line.substr(value_pos + 1));
+    double add = 0;
+    if (auto it = options.counter_rates.find(std::string(name));
+        it != options.counter_rates.end()) {
+      add = std::floor(it->second * seconds);
+    }
+    for (absl::string_view suffix : {"_count", "_sum", "_bucket"}) {
+      std::string family = family_of(name, suffix);
+      auto it = options.histograms.find(family);
+      if (family.empty() || it == options.histograms.end()) continue;
+      const double n = std::floor(it->second.per_s * seconds);
+      if (suffix == "_count") {
+        add = n;
+      } else if (suffix == "_sum") {
+        add = n * it->second.value_s;
+      } else {
+        size_t le = line.find("le=\"");
+        if (le == absl::string_view::npos) break;
+        size_t le_end = line.find('"', le + 4);
+        std::optional<double> bound = le_end == absl::string_view::npos
+                                          ? std::nullopt
+                                          : parse(line.substr(le + 4, le_end - le - 4));
+        if (bound.has_value() && *bound >= it->second.value_s) add = n;
+      }
+    }
+    if (add == 0 || !value.has_value()) {
+      absl::StrAppend(&out, line, "\n");
+      continue;
+    }
+    absl::StrAppend(&out, line.substr(0, value_pos + 1), Num(*value + add), "\n");
+  }
+  if (!text.empty() && text.back() == '\n') out.pop_back();
+  return out;
 }
 
 absl::Status ReplayServer::EnableLlamaCpp(const LlamaCppSimOptions& options) {

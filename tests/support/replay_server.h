@@ -53,6 +53,26 @@ struct LlamaCppSimOptions {
   double requests_per_s = 1;
 };
 
+// A Prometheus-exposing engine (vLLM, SGLang) replayed from a capture: /metrics serves the
+// fixture with chosen series advanced linearly in Clock time since EnablePromEngine.
+struct PromSimOptions {
+  std::string fixture;  // relative to FLEETWES_FIXTURES_DIR, e.g. "vllm-0.4.3/metrics.txt"
+  // Sample name -> increase per second, added to every series of that name as
+  // floor(rate x elapsed seconds), so a token counter stays a whole number.
+  std::map<std::string, double> counter_rates;
+  // Histogram family -> observations per second of one value: with n = floor(per_s x elapsed),
+  // _count += n, _sum += n x value_s, and every bucket whose le >= value_s += n.
+  struct Observations {
+    double per_s = 0;
+    double value_s = 0;
+  };
+  std::map<std::string, Observations> histograms;
+};
+
+// The fixture `text` with the series of `options` advanced by `elapsed`.
+std::string AdvanceExposition(const std::string& text, const PromSimOptions& options,
+                              absl::Duration elapsed);
+
 class ReplayServer {
  public:
   explicit ReplayServer(Clock* clock = RealClock());
@@ -86,6 +106,10 @@ class ReplayServer {
   void SetMetricsEnabled(bool enabled);
   // Simulates an engine restart: every counter starts again from 0.
   void RestartEngine();
+
+  // Serves GET /metrics from options.fixture advanced in Clock time (routes set with SetRoute,
+  // e.g. /version or /v1/models, are served as well). Replaces the llama.cpp mode.
+  absl::Status EnablePromEngine(const PromSimOptions& options);
 
   // The simulated counters at the clock's current time.
   uint64_t tokens_predicted_total() const;
@@ -124,6 +148,12 @@ class ReplayServer {
   absl::Time base_time_ ABSL_GUARDED_BY(mu_);
   Counters base_ ABSL_GUARDED_BY(mu_) = {};
   std::map<std::string, std::string> fixtures_ ABSL_GUARDED_BY(mu_);
+
+  // Prometheus engine mode.
+  bool prom_ ABSL_GUARDED_BY(mu_) = false;
+  PromSimOptions prom_sim_ ABSL_GUARDED_BY(mu_);
+  std::string prom_text_ ABSL_GUARDED_BY(mu_);
+  absl::Time prom_base_time_ ABSL_GUARDED_BY(mu_);
 };
 
 // A fake RAPL package zone under `root`: root/sys/class/powercap/intel-rapl:0/{name,

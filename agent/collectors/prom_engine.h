@@ -1,0 +1,96 @@
+// Shared collector for engines that expose Prometheus metrics labelled by model (vLLM, SGLang).
+// Each engine gives a PromEngineSpec: for every value the agent reads, the metric names it has
+// had across releases, in order of preference. The first name the server exposes is used (and
+// reported by DetectedNames); a value with no exposed name stays absent, never 0.
+// Series are grouped by their `model_name` label; every other label (vLLM `engine`, SGLang
+// `tp_rank`, ...) is aggregated: counters, histograms and request gauges are summed, the KV
+// cache usage is averaged. See docs/agent.md.
+#ifndef FLEETWES_AGENT_COLLECTORS_PROM_ENGINE_H_
+#define FLEETWES_AGENT_COLLECTORS_PROM_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/collectors/collector.h"
+#include "agent/collectors/http_client.h"
+#include "agent/config.h"
+
+namespace fleetwes::agent {
+
+// Metric names of one value across releases, preferred (newest) first. Histograms are named
+// by family (without _bucket/_sum/_count).
+using Aliases = std::vector<std::string_view>;
+
+struct PromEngineSpec {
+  std::string_view display_name;  // "vLLM"
+  Aliases decode_tokens;          // counter; required: without it the engine is unavailable
+  Aliases prefill_tokens;         // counter
+  Aliases ttft;                   // histogram
+  Aliases tpot;                   // histogram (inter-token latency)
+  Aliases e2e;                    // histogram
+  Aliases queue;                  // histogram
+  Aliases requests_running;       // gauge
+  Aliases requests_waiting;       // gauge
+  Aliases waiting_by_reason;      // gauge with label reason; only reason="capacity" is read
+  Aliases kv_cache_usage;         // gauge, fraction 0..1
+  Aliases prefix_cache_queries;   // counter (tokens)
+  Aliases prefix_cache_hits;      // counter (tokens)
+  Aliases preemptions;            // counter
+  // Appended to the unavailable reason when /metrics answers 404 (e.g. metrics not enabled).
+  std::string_view hint_metrics_404;
+  // Appended when the decode token counter is missing from a valid exposition.
+  std::string_view hint_no_tokens;
+  // JSON endpoint with a "version" string, read until it answers once; empty: none.
+  std::string_view version_path;
+};
+
+// The name used for each value in the last parse; empty when the server exposes none.
+struct DetectedNames {
+  std::string decode_tokens, prefill_tokens, ttft, tpot, e2e, queue, requests_running,
+      requests_waiting, waiting_by_reason, kv_cache_usage, prefix_cache_queries, prefix_cache_hits,
+      preemptions;
+};
+
+// One ModelReading per distinct `model_name` of the decode token counter, in exposition order
+// (model "" when the counter has no model_name label). InvalidArgument when the body is not
+// Prometheus text or lacks every decode token alias. Values that are NaN, infinite or negative
+// are treated as absent. Never throws.
+absl::StatusOr<std::vector<ModelReading>> ParsePromEngineMetrics(const PromEngineSpec& spec,
+                                                                 std::string_view body,
+                                                                 DetectedNames* detected = nullptr);
+
+// Reads GET /metrics (and /v1/models when the metrics name no model; the version endpoint once).
+// Not thread-safe: one Read() at a time. Never throws.
+class PromEngineCollector : public EngineCollector {
+ public:
+  PromEngineCollector(EngineConfig config, v1::EngineKind kind, PromEngineSpec spec);
+
+  const std::string& engine_id() const override { return config_.name; }
+  v1::EngineKind kind() const override { return kind_; }
+  const std::string& endpoint() const override { return config_.url; }
+  absl::Duration timeout() const override { return config_.timeout; }
+  EngineReading Read() override;
+
+  uint64_t failed_reads() const { return failed_reads_.load(); }
+  // Names detected by the last successful read.
+  const DetectedNames& detected() const { return detected_; }
+
+ private:
+  EngineReading Unavailable(std::string reason);
+
+  EngineConfig config_;
+  const v1::EngineKind kind_;
+  const PromEngineSpec spec_;
+  HttpClient http_;
+  std::string version_;
+  DetectedNames detected_;
+  std::atomic<uint64_t> failed_reads_{0};
+};
+
+}  // namespace fleetwes::agent
+
+#endif  // FLEETWES_AGENT_COLLECTORS_PROM_ENGINE_H_
