@@ -140,11 +140,11 @@ trap on_exit EXIT
 trap 'exit 0' INT TERM
 
 # start NAME LOGFILE CMD...: runs CMD in the background in its own session (so a Ctrl-C reaches
-# only this script, which then stops the children in order).
+# only this script, which then stops the children in order). Each run starts a fresh log.
 start() {
   local name=$1 logfile=$2
   shift 2
-  setsid "$@" >>"$logfile" 2>&1 </dev/null &
+  setsid "$@" >"$logfile" 2>&1 </dev/null &
   pids+=($!)
   names+=("$name")
 }
@@ -295,7 +295,7 @@ if [ "$run_for" -gt 0 ]; then
   "${ctl[@]}" leaderboard || die "fleetwesctl could not read the leaderboard"
   stop_all
   echo
-  grep -A8 '^fleetwes-loadgen:' "$logs/loadgen.log" | tail -n 8 || true
+  sed -n '/^fleetwes-loadgen: /,$p' "$logs/loadgen.log"
   exit 0
 fi
 
