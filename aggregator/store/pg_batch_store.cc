@@ -156,25 +156,7 @@ PgBatchStore::PgBatchStore(std::string url) : url_(std::move(url)) {}
 
 PgBatchStore::~PgBatchStore() = default;
 
-absl::Status PgBatchStore::EnsureConnected() {
-  if (conn_ != nullptr) {
-    // Reading pending input notices a connection the server closed while it was idle (restart,
-    // idle timeout), so it is replaced here instead of failing the next transaction.
-    try {
-      conn_->get_notifs();
-    } catch (const std::exception&) {
-      conn_.reset();
-    }
-  }
-  if (conn_ != nullptr && conn_->is_open()) return absl::OkStatus();
-  conn_.reset();
-  try {
-    conn_ = std::make_unique<pqxx::connection>(url_);
-  } catch (const std::exception& e) {
-    return PgExceptionToStatus("connect", e);
-  }
-  return absl::OkStatus();
-}
+absl::Status PgBatchStore::EnsureConnected() { return EnsurePgConnection(&conn_, url_); }
 
 absl::StatusOr<std::vector<bool>> PgBatchStore::WriteBatch(
     absl::Span<const NodeRecord> nodes, absl::Span<const FrameRecord* const> frames) {

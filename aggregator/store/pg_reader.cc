@@ -58,25 +58,7 @@ PgReader::PgReader(std::string url) : url_(std::move(url)) {}
 
 PgReader::~PgReader() = default;
 
-absl::Status PgReader::EnsureConnected() {
-  if (conn_ != nullptr) {
-    // Reading pending input notices a connection the server closed while it was idle (restart,
-    // idle timeout), so it is replaced here instead of failing the next transaction.
-    try {
-      conn_->get_notifs();
-    } catch (const std::exception&) {
-      conn_.reset();
-    }
-  }
-  if (conn_ != nullptr && conn_->is_open()) return absl::OkStatus();
-  conn_.reset();
-  try {
-    conn_ = std::make_unique<pqxx::connection>(url_);
-  } catch (const std::exception& e) {
-    return PgExceptionToStatus("connect", e);
-  }
-  return absl::OkStatus();
-}
+absl::Status PgReader::EnsureConnected() { return EnsurePgConnection(&conn_, url_); }
 
 absl::Status PgReader::Failed(absl::string_view what, const std::exception& e) {
   absl::Status s = PgExceptionToStatus(what, e);

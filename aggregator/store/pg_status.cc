@@ -40,4 +40,23 @@ absl::Status PgExceptionToStatus(absl::string_view what, const std::exception& e
   return absl::InternalError(message);
 }
 
+absl::Status EnsurePgConnection(std::unique_ptr<pqxx::connection>* conn, const std::string& url) {
+  if (*conn != nullptr) {
+    // Reading pending input notices a connection the server closed while it was idle.
+    try {
+      (*conn)->get_notifs();
+    } catch (const std::exception&) {
+      conn->reset();
+    }
+  }
+  if (*conn != nullptr && (*conn)->is_open()) return absl::OkStatus();
+  conn->reset();
+  try {
+    *conn = std::make_unique<pqxx::connection>(url);
+  } catch (const std::exception& e) {
+    return PgExceptionToStatus("connect", e);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace fleetwes::aggregator
