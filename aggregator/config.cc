@@ -51,6 +51,26 @@ absl::Status ReadWriter(MapReader& root, WriterConfig* out) {
   return r.Finish();
 }
 
+absl::Status ReadRetention(MapReader& root, RetentionConfig* out) {
+  absl::StatusOr<std::optional<MapReader>> child = root.Child("retention");
+  if (!child.ok()) return child.status();
+  if (!child->has_value()) return absl::OkStatus();
+  MapReader& r = **child;
+  for (auto [key, value] : {std::pair<const char*, int64_t*>{"frames_days", &out->frames_days},
+                            {"model_samples_days", &out->model_samples_days},
+                            {"device_samples_days", &out->device_samples_days}}) {
+    if (absl::Status s = r.Read(key, value); !s.ok()) return s;
+    if (absl::Status s = CheckIntRange(r, key, *value, 1, 3650); !s.ok()) return s;
+  }
+  if (absl::Status s = r.ReadDuration("check_interval", &out->check_interval); !s.ok()) return s;
+  if (out->check_interval < absl::Seconds(1) || out->check_interval > absl::Hours(24)) {
+    return r.Error("check_interval", "must be between 1s and 24h");
+  }
+  if (absl::Status s = r.Read("days_ahead", &out->days_ahead); !s.ok()) return s;
+  if (absl::Status s = CheckIntRange(r, "days_ahead", out->days_ahead, 1, 30); !s.ok()) return s;
+  return r.Finish();
+}
+
 absl::Status ReadPenalties(MapReader& root, ThermalPenalties* out) {
   absl::StatusOr<std::optional<MapReader>> child = root.Child("thermal_penalties");
   if (!child.ok()) return child.status();
@@ -97,6 +117,7 @@ absl::StatusOr<AggregatorConfig> ParseDocument(const YAML::Node& doc) {
   if (absl::Status s = CheckListen(r, "http_listen", c.http_listen); !s.ok()) return s;
   if (absl::Status s = ReadDatabase(r, &c.database_url); !s.ok()) return s;
   if (absl::Status s = ReadWriter(r, &c.writer); !s.ok()) return s;
+  if (absl::Status s = ReadRetention(r, &c.retention); !s.ok()) return s;
 
   if (absl::Status s = r.Read("stale_after", &c.stale_after); !s.ok()) return s;
   if (!std::isfinite(c.stale_after) || c.stale_after < 1.0 || c.stale_after > 1000.0) {

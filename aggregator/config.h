@@ -28,6 +28,22 @@ struct WriterConfig {
   int64_t queue_frames = 20000;
 };
 
+// How long rows are kept. Sample tables are partitioned by UTC day of window_end; a day's partition
+// is dropped whole once the day is older than its table's retention plus one day of slack, so a
+// row lives at least `*_days` and less than `*_days + 1`. Frames whose window ends before the
+// frames retention are refused at ingest (reason "expired").
+struct RetentionConfig {
+  // Days to keep each table. Defaults 30 / 30 / 14; each 1..3650.
+  int64_t frames_days = 30;
+  int64_t model_samples_days = 30;
+  int64_t device_samples_days = 14;
+  // Period of the maintenance pass (create partitions ahead, drop expired ones). Default 1h;
+  // 1s..24h.
+  absl::Duration check_interval = absl::Hours(1);
+  // Day partitions created ahead of today. Default 2; 1..30.
+  int64_t days_ahead = 2;
+};
+
 struct AggregatorConfig {
   // gRPC listen address "host:port" (Ingest, Router, Fleet, health, reflection). Port 0 picks a
   // free port (logged, and available from the server). Default "0.0.0.0:7470".
@@ -38,6 +54,7 @@ struct AggregatorConfig {
   // overrides the file.
   std::string database_url;
   WriterConfig writer;
+  RetentionConfig retention;
   // A node (or node/model) is stale when its latest data is older than stale_after times the
   // node's sampling interval, and never sooner than stale_after_min. Defaults 3.0 and 10s;
   // stale_after in [1, 1000], stale_after_min in [1s, 1h].

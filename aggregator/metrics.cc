@@ -64,6 +64,11 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
            .Register(*registry_)
            .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                             0.1, 0.25, 0.5, 1, 2.5, 5, 10});
+  partitions_dropped_ = &prometheus::BuildCounter()
+                             .Name("fleetwes_store_partitions_dropped_total")
+                             .Help("Day partitions dropped by the retention pass")
+                             .Register(*registry_)
+                             .Add({});
   db_errors_family_ = &prometheus::BuildCounter()
                            .Name("fleetwes_db_errors_total")
                            .Help("Failed database operations, by status code")

@@ -44,6 +44,8 @@ class AggregatorMetrics {
   prometheus::Gauge& writer_queue() { return *writer_queue_; }
   prometheus::Histogram& writer_batch_frames() { return *writer_batch_frames_; }
   prometheus::Histogram& writer_commit_seconds() { return *writer_commit_seconds_; }
+  // fleetwes_store_partitions_dropped_total: expired day partitions dropped by retention.
+  prometheus::Counter& partitions_dropped() { return *partitions_dropped_; }
   // fleetwes_db_errors_total{code}: failed database operations by status code.
   void CountDbError(const absl::Status& status);
 
@@ -54,6 +56,7 @@ class AggregatorMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* db_errors_family_;
   prometheus::Family<prometheus::Counter>* api_family_;
+  prometheus::Counter* partitions_dropped_;
   prometheus::Counter* frames_committed_;
   prometheus::Counter* frames_duplicate_;
   prometheus::Counter* frames_rejected_;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "aggregator/ingest/recompute_wes.h"
 #include "aggregator/store/migrations.h"
+#include "aggregator/store/partitions.h"
 #include "aggregator/store/pg_status.h"
 #include "common/logging.h"
 
@@ -39,12 +40,13 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       clock_(clock),
       options_(options),
       policy_(PolicyFrom(config_)),
-      batch_store_(config_.database_url),
+      batch_store_(config_.database_url, config_.retention, clock_),
       reader_(config_.database_url),
       writer_(&batch_store_, clock_, &metrics_, WriterOptionsFrom(config_)),
       queries_(&state_, &reader_, clock_, policy_),
       ingest_service_(&writer_, &state_, clock_, &metrics_,
-                      IngestOptions{config_.max_frame_bytes, config_.thermal_penalties}),
+                      IngestOptions{config_.max_frame_bytes, config_.thermal_penalties,
+                                    absl::Hours(24 * config_.retention.frames_days)}),
       router_service_(&state_, clock_, policy_, &metrics_),
       fleet_service_(&queries_, &metrics_) {}
 
@@ -55,6 +57,10 @@ absl::Status AggregatorServer::PrepareDatabase() {
     pqxx::connection conn(config_.database_url);
     absl::StatusOr<int> applied = ApplyMigrations(conn);
     if (!applied.ok()) return applied.status();
+    // Today's partitions (and the next days') exist before the first frame is written.
+    absl::StatusOr<MaintenanceResult> maintained =
+        MaintainPartitions(conn, config_.retention, clock_->Now());
+    if (!maintained.ok()) return maintained.status();
   } catch (const std::exception& e) {
     return PgExceptionToStatus("connect", e);
   }
@@ -113,6 +119,7 @@ absl::Status AggregatorServer::Start(absl::Notification* stop) {
   log->info("database ready");
   writer_.Start();
   started_ = true;
+  retention_thread_ = std::thread([this] { RunRetention(); });
 
   if (absl::Status s = StartGrpc(); !s.ok()) return s;
   // Reflect grpc_listen ":0" and friends back with the real port.
@@ -152,10 +159,33 @@ absl::Status AggregatorServer::StartGrpc() {
   return absl::OkStatus();
 }
 
+void AggregatorServer::RunRetention() {
+  auto log = Logger("store");
+  std::unique_ptr<pqxx::connection> conn;
+  while (!clock_->WaitFor(config_.retention.check_interval, &retention_stop_)) {
+    absl::Status s = EnsurePgConnection(&conn, config_.database_url);
+    if (s.ok()) {
+      absl::StatusOr<MaintenanceResult> result =
+          MaintainPartitions(*conn, config_.retention, clock_->Now());
+      if (result.ok()) {
+        metrics_.partitions_dropped().Increment(static_cast<double>(result->dropped.size()));
+        continue;
+      }
+      s = result.status();
+      conn.reset();
+    }
+    metrics_.CountDbError(s);
+    log->warn("partition maintenance failed: {}; retrying in {}", std::string(s.message()),
+              absl::FormatDuration(config_.retention.check_interval));
+  }
+}
+
 void AggregatorServer::Stop() {
   if (stopped_) return;
   stopped_ = true;
   auto log = Logger("aggregator");
+  retention_stop_.Notify();
+  if (retention_thread_.joinable()) retention_thread_.join();
   if (grpc_ != nullptr) {
     if (grpc::HealthCheckServiceInterface* health = grpc_->GetHealthCheckService()) {
       health->SetServingStatus(false);

@@ -9,6 +9,7 @@
 #include <grpcpp/server.h>
 
 #include <memory>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
@@ -59,6 +60,8 @@ class AggregatorServer {
  private:
   absl::Status PrepareDatabase();
   absl::Status StartGrpc();
+  // The retention thread: a partition maintenance pass every retention.check_interval.
+  void RunRetention();
 
   const AggregatorConfig config_;
   Clock* const clock_;
@@ -78,6 +81,8 @@ class AggregatorServer {
   std::unique_ptr<HttpServer> http_;
   int grpc_port_ = 0;
   bool started_ = false;
+  absl::Notification retention_stop_;
+  std::thread retention_thread_;
   bool stopped_ = false;
 };
 

@@ -225,7 +225,12 @@ class PublishReactor final
     }
     auto frame = std::make_shared<v1::Frame>(std::move(*request_.mutable_frame()));
     const absl::Time now = deps_.clock->Now();
-    FrameContext ctx{node_id_, boot_id_, frame->ByteSizeLong(), deps_.options.max_frame_bytes, now};
+    FrameContext ctx{node_id_,
+                     boot_id_,
+                     frame->ByteSizeLong(),
+                     deps_.options.max_frame_bytes,
+                     now,
+                     now - deps_.options.max_frame_age};
     std::optional<Rejection> rejection = ValidateFrame(*frame, ctx);
     if (!rejection.has_value() && frame->seq() <= tracker_.last_seq()) {
       rejection = Rejection{

@@ -24,6 +24,8 @@ namespace fleetwes::aggregator {
 struct IngestOptions {
   int64_t max_frame_bytes = 65536;
   ThermalPenalties penalties;
+  // Frames whose window ended longer ago than this are refused as expired (the frames retention).
+  absl::Duration max_frame_age = absl::InfiniteDuration();
 };
 
 class IngestService final : public v1::Ingest::CallbackService {

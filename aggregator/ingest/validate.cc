@@ -244,6 +244,8 @@ absl::string_view RejectReasonName(RejectReason r) {
       return "enum";
     case RejectReason::kStore:
       return "store";
+    case RejectReason::kExpired:
+      return "expired";
   }
   return "unknown";
 }
@@ -344,6 +346,10 @@ std::optional<Rejection> ValidateFrame(const v1::Frame& f, const FrameContext& c
                           " in the future of the aggregator's clock"));
     } else if (*end < absl::FromUnixSeconds(kMinWindowUnixSeconds)) {
       c.Fail(RejectReason::kWindow, "window_end", "is before 2020-01-01");
+    } else if (*end < ctx.oldest_window_end) {
+      c.Fail(RejectReason::kExpired, "window_end",
+             absl::StrCat("is ", absl::FormatDuration(ctx.now - *end),
+                          " old, beyond the aggregator's frames retention"));
     }
   }
   c.Number("", "interval_s", f.interval_s(), 1e-3, kMaxIntervalS);

@@ -45,14 +45,15 @@ enum class RejectReason {
   kOutOfRange,   // a number outside its domain (negative watts, KV use above 1, ...)
   kEnum,         // an enum value this aggregator does not know
   kStore,        // the database refused the frame for good
+  kExpired,      // window ended before the frames retention: it would be dropped at once
 };
-inline constexpr std::array<RejectReason, 10> kAllRejectReasons = {
+inline constexpr std::array<RejectReason, 11> kAllRejectReasons = {
     RejectReason::kKeyMismatch, RejectReason::kSeq,        RejectReason::kWindow,
     RejectReason::kTooLarge,    RejectReason::kTooMany,    RejectReason::kString,
     RejectReason::kNonFinite,   RejectReason::kOutOfRange, RejectReason::kEnum,
-    RejectReason::kStore};
+    RejectReason::kStore,       RejectReason::kExpired};
 // "key_mismatch", "seq", "window", "too_large", "too_many", "string", "non_finite",
-// "out_of_range", "enum", "store".
+// "out_of_range", "enum", "store", "expired".
 absl::string_view RejectReasonName(RejectReason r);
 
 // One refusal: the path of the first offending field relative to the frame
@@ -75,6 +76,8 @@ struct FrameContext {
   size_t serialized_bytes = 0;  // the frame's encoded size
   int64_t max_frame_bytes = 65536;
   absl::Time now;  // the aggregator's clock, to refuse windows in the future
+  // Windows ending before this are refused as expired (now - frames retention).
+  absl::Time oldest_window_end = absl::InfinitePast();
 };
 
 // nullopt when the frame is acceptable; otherwise the first problem found. Does not check the

@@ -104,8 +104,65 @@ CREATE TABLE device_samples (
 CREATE INDEX device_samples_node_id_window_end ON device_samples (node_id, window_end);
 )sql";
 
+// Version 2: frames, model_samples and device_samples become partitioned by window_end, one
+// partition per UTC day named <table>_pYYYYMMDD (aggregator/store/partitions.h creates them ahead
+// and drops expired ones). A partitioned table's unique key must contain the partition key, so
+// frames' key becomes (node_id, boot_id, seq, window_end): a resent frame is byte-identical, so
+// it still collides. Rows of version 1 are moved into day partitions covering their range.
+constexpr absl::string_view kV2 = R"sql(
+ALTER TABLE frames RENAME TO frames_v1;
+ALTER TABLE frames_v1 RENAME CONSTRAINT frames_pkey TO frames_v1_pkey;
+DROP INDEX frames_node_id_window_end;
+ALTER TABLE model_samples RENAME TO model_samples_v1;
+DROP INDEX model_samples_node_id_window_end;
+DROP INDEX model_samples_model_window_end;
+ALTER TABLE device_samples RENAME TO device_samples_v1;
+DROP INDEX device_samples_node_id_window_end;
+
+CREATE TABLE frames (LIKE frames_v1 INCLUDING DEFAULTS) PARTITION BY RANGE (window_end);
+ALTER TABLE frames ADD PRIMARY KEY (node_id, boot_id, seq, window_end);
+CREATE INDEX frames_node_id_window_end ON frames (node_id, window_end);
+CREATE INDEX frames_window_end ON frames (window_end);
+
+CREATE TABLE model_samples (LIKE model_samples_v1 INCLUDING DEFAULTS)
+  PARTITION BY RANGE (window_end);
+CREATE INDEX model_samples_node_id_window_end ON model_samples (node_id, window_end);
+CREATE INDEX model_samples_model_window_end ON model_samples (model, window_end);
+
+CREATE TABLE device_samples (LIKE device_samples_v1 INCLUDING DEFAULTS)
+  PARTITION BY RANGE (window_end);
+CREATE INDEX device_samples_node_id_window_end ON device_samples (node_id, window_end);
+
+DO $$
+DECLARE
+  t text;
+  first_day date;
+  last_day date;
+  d date;
+BEGIN
+  FOREACH t IN ARRAY ARRAY['frames', 'model_samples', 'device_samples'] LOOP
+    EXECUTE format('SELECT min(window_end AT TIME ZONE ''UTC'')::date, '
+                   'max(window_end AT TIME ZONE ''UTC'')::date FROM %I', t || '_v1')
+      INTO first_day, last_day;
+    IF first_day IS NOT NULL THEN
+      d := first_day;
+      WHILE d <= last_day LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                       t || '_p' || to_char(d, 'YYYYMMDD'), t,
+                       d::text || ' 00:00:00+00', (d + 1)::text || ' 00:00:00+00');
+        d := d + 1;
+      END LOOP;
+    END IF;
+    EXECUTE format('INSERT INTO %I SELECT * FROM %I', t, t || '_v1');
+    EXECUTE format('DROP TABLE %I', t || '_v1');
+  END LOOP;
+END
+$$;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "nodes, frames, model_samples, device_samples", kV1},
+    {2, "frames, model_samples, device_samples partitioned by day", kV2},
 };
 
 constexpr absl::string_view kCreateMigrationsTable = R"sql(

@@ -9,7 +9,10 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "aggregator/proto_time.h"
+#include "aggregator/store/partitions.h"
 #include "aggregator/store/pg_status.h"
 #include "aggregator/store/sql_text.h"
 #include "common/wes.h"
@@ -138,7 +141,7 @@ constexpr absl::string_view kInsertFrames =
     "wes_null_reason, thermal_state, memory_pressure, swap_in_pages_per_s, "
     "swap_out_pages_per_s, frame)";
 constexpr absl::string_view kInsertFramesTail =
-    "ON CONFLICT (node_id, boot_id, seq) DO NOTHING RETURNING node_id, boot_id, seq";
+    "ON CONFLICT (node_id, boot_id, seq, window_end) DO NOTHING RETURNING node_id, boot_id, seq";
 constexpr absl::string_view kInsertModels =
     "INSERT INTO model_samples (node_id, boot_id, seq, window_end, engine_id, engine, model, "
     "decode_tokens_per_s, prefill_tokens_per_s, ttft_mean_s, ttft_p50_s, ttft_p95_s, ttft_count, "
@@ -152,16 +155,61 @@ constexpr absl::string_view kInsertDevices =
 
 }  // namespace
 
-PgBatchStore::PgBatchStore(std::string url) : url_(std::move(url)) {}
+PgBatchStore::PgBatchStore(std::string url, RetentionConfig retention, Clock* clock)
+    : url_(std::move(url)), retention_(retention), clock_(clock) {}
 
 PgBatchStore::~PgBatchStore() = default;
 
 absl::Status PgBatchStore::EnsureConnected() { return EnsurePgConnection(&conn_, url_); }
 
+absl::Status PgBatchStore::EnsurePartitions(absl::string_view table,
+                                            const std::set<absl::CivilDay>& days) {
+  for (absl::CivilDay day : days) {
+    std::pair<std::string, absl::CivilDay> key{std::string(table), day};
+    if (known_partitions_.count(key) != 0) continue;
+    absl::StatusOr<int> created = CreateDayPartitions(*conn_, table, day, day);
+    if (!created.ok()) return created.status();
+    known_partitions_.insert(std::move(key));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<bool>> PgBatchStore::WriteBatch(
+    absl::Span<const NodeRecord> nodes, absl::Span<const FrameRecord* const> frames) {
+  absl::StatusOr<std::vector<bool>> result = WriteOnce(nodes, frames);
+  // A day partition this store believed in is gone (dropped by hand, or by another aggregator's
+  // retention with a different setting): the cache was cleared, so one more try recreates it.
+  if (!result.ok() && absl::StrContains(result.status().message(), "no partition of relation")) {
+    result = WriteOnce(nodes, frames);
+  }
+  return result;
+}
+
+absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
     absl::Span<const NodeRecord> nodes, absl::Span<const FrameRecord* const> frames) {
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
   std::vector<bool> inserted(frames.size(), false);
+
+  // Which rows go to which day partitions; child rows past their table's retention are dropped.
+  const absl::Time now = clock_ != nullptr ? clock_->Now() : absl::InfiniteFuture();
+  const absl::Time model_cutoff =
+      clock_ != nullptr ? WriteCutoff(retention_, "model_samples", now) : absl::InfinitePast();
+  const absl::Time device_cutoff =
+      clock_ != nullptr ? WriteCutoff(retention_, "device_samples", now) : absl::InfinitePast();
+  std::set<absl::CivilDay> frame_days;
+  std::set<absl::CivilDay> model_days;
+  std::set<absl::CivilDay> device_days;
+  for (const FrameRecord* r : frames) {
+    const absl::Time end = FromProtoTime(r->frame->window_end());
+    const absl::CivilDay day = UtcDay(end);
+    frame_days.insert(day);
+    if (r->frame->models_size() > 0 && end >= model_cutoff) model_days.insert(day);
+    if (r->frame->devices_size() > 0 && end >= device_cutoff) device_days.insert(day);
+  }
+  if (absl::Status s = EnsurePartitions("frames", frame_days); !s.ok()) return s;
+  if (absl::Status s = EnsurePartitions("model_samples", model_days); !s.ok()) return s;
+  if (absl::Status s = EnsurePartitions("device_samples", device_days); !s.ok()) return s;
+
   try {
     pqxx::work tx(*conn_);
 
@@ -208,11 +256,16 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteBatch(
             absl::StrCat(tx.quote(f.node_id()), ",", tx.quote(f.boot_id()), ",",
                          sql::Int(static_cast<int64_t>(f.seq())), ",");
         const std::string window_end = sql::Timestamp(f.window_end());
-        for (const v1::ModelSample& m : f.models()) {
-          model_rows.push_back(ModelRow(tx, f, key_prefix, window_end, m));
+        const absl::Time end = FromProtoTime(f.window_end());
+        if (end >= model_cutoff) {
+          for (const v1::ModelSample& m : f.models()) {
+            model_rows.push_back(ModelRow(tx, f, key_prefix, window_end, m));
+          }
         }
-        for (const v1::Device& d : f.devices()) {
-          device_rows.push_back(DeviceRow(tx, key_prefix, window_end, d));
+        if (end >= device_cutoff) {
+          for (const v1::Device& d : f.devices()) {
+            device_rows.push_back(DeviceRow(tx, key_prefix, window_end, d));
+          }
         }
       }
       ExecChunked(tx, kInsertModels, model_rows, kChildRowsPerStatement, "");
@@ -228,6 +281,8 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteBatch(
     tx.commit();
   } catch (const std::exception& e) {
     absl::Status s = PgExceptionToStatus("write batch", e);
+    // A partition may have been dropped behind this store's back: check again next time.
+    known_partitions_.clear();
     if (conn_ != nullptr && !conn_->is_open()) {
       conn_.reset();
       if (s.code() != absl::StatusCode::kUnknown) {

@@ -1,5 +1,8 @@
 // BatchStore on PostgreSQL with libpqxx: multi-row INSERTs in one transaction, frames first with
 // ON CONFLICT DO NOTHING RETURNING their key, then model and device rows for the new frames only.
+// The sample tables are partitioned by day (store/partitions.h): before a batch, the partitions of
+// the days it touches are created when this store has not seen them yet; model and device rows
+// older than their table's retention are not written (frames that old are refused at ingest).
 // Owns one connection, opened lazily and reopened after a connection error.
 // Thread-compatible: one caller at a time (the writer thread).
 #ifndef FLEETWES_AGGREGATOR_STORE_PG_BATCH_STORE_H_
@@ -7,15 +10,21 @@
 
 #include <memory>
 #include <pqxx/connection>
+#include <set>
 #include <string>
+#include <utility>
 
+#include "absl/time/civil_time.h"
+#include "aggregator/config.h"
 #include "aggregator/store/batch_store.h"
+#include "common/clock.h"
 
 namespace fleetwes::aggregator {
 
 class PgBatchStore : public BatchStore {
  public:
-  explicit PgBatchStore(std::string url);
+  // `clock` (may be null: no retention cut-off) must outlive the store.
+  explicit PgBatchStore(std::string url, RetentionConfig retention = {}, Clock* clock = nullptr);
   ~PgBatchStore() override;
 
   absl::StatusOr<std::vector<bool>> WriteBatch(
@@ -23,8 +32,16 @@ class PgBatchStore : public BatchStore {
 
  private:
   absl::Status EnsureConnected();
+  absl::StatusOr<std::vector<bool>> WriteOnce(absl::Span<const NodeRecord> nodes,
+                                              absl::Span<const FrameRecord* const> frames);
+  // Creates the missing day partitions of `table` for `days` (cached once seen).
+  absl::Status EnsurePartitions(absl::string_view table, const std::set<absl::CivilDay>& days);
 
   std::string url_;
+  const RetentionConfig retention_;
+  Clock* const clock_;
+  // (table, day) partitions known to exist; cleared after a failed batch.
+  std::set<std::pair<std::string, absl::CivilDay>> known_partitions_;
   std::unique_ptr<pqxx::connection> conn_;
 };
 

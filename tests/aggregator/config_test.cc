@@ -26,6 +26,11 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_DOUBLE_EQ(c->thermal_penalties.critical, 2.0);
   EXPECT_EQ(c->max_frame_bytes, 65536);
   EXPECT_EQ(c->log_level, "info");
+  EXPECT_EQ(c->retention.frames_days, 30);
+  EXPECT_EQ(c->retention.model_samples_days, 30);
+  EXPECT_EQ(c->retention.device_samples_days, 14);
+  EXPECT_EQ(c->retention.check_interval, absl::Hours(1));
+  EXPECT_EQ(c->retention.days_ahead, 2);
 }
 
 TEST(ConfigTest, ReadsEveryOption) {
@@ -38,6 +43,12 @@ writer:
   max_batch_frames: 200
   max_batch_delay: 20ms
   queue_frames: 1000
+retention:
+  frames_days: 90
+  model_samples_days: 60
+  device_samples_days: 7
+  check_interval: 10m
+  days_ahead: 3
 stale_after: 5
 stale_after_min: 30s
 thermal_penalties:
@@ -61,6 +72,11 @@ log_level: debug
   EXPECT_DOUBLE_EQ(c->thermal_penalties.critical, 4);
   EXPECT_EQ(c->max_frame_bytes, 131072);
   EXPECT_EQ(c->log_level, "debug");
+  EXPECT_EQ(c->retention.frames_days, 90);
+  EXPECT_EQ(c->retention.model_samples_days, 60);
+  EXPECT_EQ(c->retention.device_samples_days, 7);
+  EXPECT_EQ(c->retention.check_interval, absl::Minutes(10));
+  EXPECT_EQ(c->retention.days_ahead, 3);
 }
 
 TEST(ConfigTest, ErrorsNameTheKey) {
@@ -74,6 +90,10 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"writer:\n  max_batch_frames: 0\n", "writer.max_batch_frames"},
       {"writer:\n  max_batch_frames: 600\n  queue_frames: 100\n", "writer.queue_frames"},
       {"writer:\n  max_batch_delay: soon\n", "writer.max_batch_delay"},
+      {"retention:\n  frames_days: 0\n", "retention.frames_days"},
+      {"retention:\n  device_samples_days: 4000\n", "retention.device_samples_days"},
+      {"retention:\n  check_interval: 0s\n", "retention.check_interval"},
+      {"retention:\n  keep: 3\n", "keep'"},
       {"stale_after: 0.5\n", "stale_after"},
       {"stale_after_min: 0s\n", "stale_after_min"},
       {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},

@@ -199,6 +199,24 @@ TEST(ValidateFrameTest, RefusesFramesAboveTheSizeCap) {
   EXPECT_EQ(r->reason, RejectReason::kTooLarge);
 }
 
+TEST(ValidateFrameTest, RefusesFramesOlderThanTheRetentionAsExpired) {
+  const absl::Time now = T0() + absl::Hours(24 * 40);
+  FrameContext ctx{"studio-01", "boot-a", 0, 65536, now, now - absl::Hours(24 * 30)};
+  v1::Frame old = MakeFrame("studio-01", "boot-a", 1, now - absl::Hours(24 * 31));
+  ctx.serialized_bytes = old.ByteSizeLong();
+  std::optional<Rejection> r = ValidateFrame(old, ctx);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->reason, RejectReason::kExpired);
+  EXPECT_EQ(r->field, "window_end");
+  EXPECT_EQ(RejectReasonName(r->reason), "expired");
+  EXPECT_NE(r->message.find("744h"), std::string::npos) << r->message;
+
+  // A frame replayed from 29 days ago is still welcome.
+  v1::Frame recent = MakeFrame("studio-01", "boot-a", 1, now - absl::Hours(24 * 29));
+  ctx.serialized_bytes = recent.ByteSizeLong();
+  EXPECT_FALSE(ValidateFrame(recent, ctx).has_value());
+}
+
 TEST(ValidateFrameTest, AllowsAbsentOptionalValuesAndUnsetPue) {
   v1::Frame f = MakeFrame("studio-01", "boot-a", 1, T0());
   f.set_pue(0);
