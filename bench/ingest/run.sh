@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# bench/ingest: sustained ingest of fleetwes-aggregator into a co-located PostgreSQL, and the
+# machine's ceiling for the same rows.
+#
+#   bench/ingest/run.sh                              40000 nodes at 2 s for 60 s (after 15 s warm-up)
+#   bench/ingest/run.sh --nodes 20000 --duration 120
+#
+# Starts a private PostgreSQL 15 (deploy/pg-private.sh, settings of docs/operations.md), the
+# aggregator (Release build) and fleetwes-loadgen with N simulated nodes publishing every I. Over
+# the measured span it reads: frames persisted (and so acknowledged) per second and rows inserted
+# per second (frames + model_samples + device_samples, from pg_stat_user_tables), ack latency
+# p50/p99 (from the load generator, over its whole run), and the CPU of the aggregator and of
+# PostgreSQL (all its processes).
+# Then the ceiling: the rows just written are exported with psql's \copy, the tables emptied, and
+# the same rows loaded back with psql's \copy in one transaction; rows/s of that load is the
+# ceiling. Ends with one JSON line:
+#   {"frames_per_s":..,"ack_p50_ms":..,"ack_p99_ms":..,"rows_per_s":..,
+#    "copy_ceiling_rows_per_s":..,"ratio":..}   (ratio = rows_per_s / copy_ceiling_rows_per_s)
+set -Eeuo pipefail
+
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  cat <<'EOF'
+
+options:
+  --nodes N            simulated nodes (default 40000)
+  --interval SECONDS   frame interval of every node (default 2)
+  --duration SECONDS   measured span (default 60)
+  --warmup SECONDS     load before measuring (default 15)
+  --build DIR          build directory (default build/bench; configured and built when needed)
+  --skip-build         use the binaries already in --build
+  --keep               keep the PostgreSQL cluster and logs (printed at the end)
+  -h, --help           this help
+EOF
+}
+
+nodes=40000
+interval=2
+duration=60
+warmup=15
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+build="$root/build/bench"
+skip_build=0
+keep=0
+is_number() { [[ "$1" =~ ^[0-9]+$ ]]; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "ingest: --nodes needs a positive number" >&2; exit 2; }
+             nodes=$2; shift ;;
+    --interval) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "ingest: --interval needs seconds" >&2; exit 2; }
+                interval=$2; shift ;;
+    --duration) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "ingest: --duration needs seconds" >&2; exit 2; }
+                duration=$2; shift ;;
+    --warmup) is_number "${2:-}" || { echo "ingest: --warmup needs seconds" >&2; exit 2; }
+              warmup=$2; shift ;;
+    --build) [ -n "${2:-}" ] || { echo "ingest: --build needs a directory" >&2; exit 2; }
+             build=$(realpath -m "$2"); shift ;;
+    --skip-build) skip_build=1 ;;
+    --keep) keep=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "ingest: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'ingest: %s\n' "$*" >&2; exit 1; }
+bin="$build/bin"
+
+if [ "$skip_build" -eq 0 ]; then
+  say "build (Release, no sanitizers) in $build"
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFLEETWES_BUILD_TESTS=ON \
+    -DFLEETWES_BUILD_BENCH=ON -DFLEETWES_SANITIZE=OFF >/dev/null
+  cmake --build "$build" -j2 --target fleetwes-aggregator fleetwes-loadgen >/dev/null
+fi
+for b in fleetwes-aggregator fleetwes-loadgen; do
+  [ -x "$bin/$b" ] || die "$bin/$b is missing (drop --skip-build)"
+done
+
+work=$(mktemp -d /var/tmp/fleetwes-bench-ingest.XXXXXX)
+chmod 755 "$work"
+pgdir="$work/pg"
+agg_pid=""
+load_pid=""
+cleanup() {
+  [ -z "$load_pid" ] || kill "$load_pid" 2>/dev/null || true
+  [ -z "$agg_pid" ] || kill "$agg_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  "$root/deploy/pg-private.sh" stop "$pgdir" || true
+  if [ "$keep" -eq 1 ]; then echo "kept: $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'echo "ingest: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+say "private PostgreSQL in $pgdir"
+cluster=$("$root/deploy/pg-private.sh" start "$pgdir" -c synchronous_commit=on -c wal_compression=on \
+  -c max_wal_size=4GB -c checkpoint_timeout=15min -c shared_buffers=2GB \
+  -c autovacuum_vacuum_insert_scale_factor=0.05)
+port=$(cat "$pgdir/port")
+psql_admin() { psql -X -q -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+psql_admin -d postgres -c "CREATE DATABASE fleetwes" >/dev/null
+db_url="${cluster%/postgres}/fleetwes"
+psql_db() { psql_admin -d fleetwes "$@"; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+grpc_port=$(free_port)
+http_port=$(free_port)
+cat >"$work/aggregator.yaml" <<EOF
+grpc_listen: "127.0.0.1:$grpc_port"
+http_listen: "127.0.0.1:$http_port"
+database:
+  url: "$db_url"
+log_level: warn
+EOF
+say "fleetwes-aggregator on 127.0.0.1:$grpc_port"
+"$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
+agg_pid=$!
+deadline=$((SECONDS + 60))
+until curl -fsS "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1; do
+  kill -0 "$agg_pid" 2>/dev/null || { tail -n 20 "$work/aggregator.log" >&2; die "the aggregator exited"; }
+  [ $SECONDS -lt $deadline ] || die "the aggregator is not healthy after 60 s"
+  sleep 0.2
+done
+
+say "fleetwes-loadgen: $nodes nodes every ${interval}s, ${warmup}s warm-up + ${duration}s measured"
+"$bin/fleetwes-loadgen" --target="127.0.0.1:$grpc_port" --nodes="$nodes" --interval="${interval}s" \
+  --duration="$((warmup + duration))s" --log_level=warn -o json >"$work/loadgen.json" \
+  2>"$work/loadgen.log" &
+load_pid=$!
+
+postmaster=$(head -n 1 "$pgdir/data/postmaster.pid")
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pg_ticks() {  # the postmaster, its reaped children, and its live children
+  local total
+  total=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$postmaster/stat")
+  for c in $(ps -o pid= --ppid "$postmaster"); do total=$((total + $(ticks "$c"))); done
+  echo "$total"
+}
+rows_inserted() {  # "<frame rows> <all rows>" inserted so far
+  psql_db -tA -F ' ' -c "SELECT coalesce(sum(n_tup_ins) FILTER (WHERE relname LIKE 'frames%'), 0),
+                               coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables
+                WHERE relname ~ '^(frames|model_samples|device_samples)_p[0-9]{8}$'"
+}
+
+sleep "$warmup"
+kill -0 "$load_pid" 2>/dev/null || { cat "$work/loadgen.log" >&2; die "the load generator exited early"; }
+a0=$(ticks "$agg_pid"); p0=$(pg_ticks); read -r f0 r0 < <(rows_inserted); t0=$(date +%s.%N)
+sleep "$duration"
+a1=$(ticks "$agg_pid"); p1=$(pg_ticks); read -r f1 r1 < <(rows_inserted); t1=$(date +%s.%N)
+wait "$load_pid" || die "the load generator failed: $(tail -n 5 "$work/loadgen.log")"
+load_pid=""
+[ -s "$work/loadgen.json" ] || die "the load generator printed no summary"
+
+# Let the writer drain, then stop the aggregator before the ceiling run.
+sleep 2
+kill -TERM "$agg_pid"
+wait "$agg_pid" 2>/dev/null || true
+agg_pid=""
+
+say "ceiling: the same rows through psql's \\copy"
+rows_total=0
+for t in frames model_samples device_samples; do
+  psql_db -c "\\copy (SELECT * FROM $t) TO '$work/$t.copy'"
+  rows_total=$((rows_total + $(wc -l <"$work/$t.copy")))
+done
+psql_db -c "TRUNCATE frames, model_samples, device_samples"
+c0=$(date +%s.%N)
+psql_db -v ON_ERROR_STOP=1 <<EOF
+BEGIN;
+\\copy frames FROM '$work/frames.copy'
+\\copy model_samples FROM '$work/model_samples.copy'
+\\copy device_samples FROM '$work/device_samples.copy'
+COMMIT;
+EOF
+c1=$(date +%s.%N)
+hz=$(getconf CLK_TCK)
+
+python3 - "$work/loadgen.json" "$a0" "$a1" "$p0" "$p1" "$r0" "$r1" "$t0" "$t1" "$c0" "$c1" \
+  "$rows_total" "$hz" "$nodes" "$interval" "$f0" "$f1" <<'EOF'
+import json, sys
+load = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+a0, a1, p0, p1, r0, r1 = (int(x) for x in sys.argv[2:8])
+t0, t1, c0, c1 = (float(x) for x in sys.argv[8:12])
+rows_total, hz, nodes, interval = int(sys.argv[12]), int(sys.argv[13]), int(sys.argv[14]), int(sys.argv[15])
+f0, f1 = int(sys.argv[16]), int(sys.argv[17])
+span = t1 - t0
+rows_per_s = (r1 - r0) / span
+frames_per_s = (f1 - f0) / span
+ceiling = rows_total / (c1 - c0) if c1 > c0 else 0.0
+agg_pct = 100.0 * (a1 - a0) / hz / span
+pg_pct = 100.0 * (p1 - p0) / hz / span
+out = sys.stderr
+print(f"offered: {nodes} nodes every {interval} s = {nodes / interval:.0f} frames/s", file=out)
+print(f"acknowledged: {load['frames_acked']} of {load['frames_sent']} sent, "
+      f"{load['acked_per_s']:.0f} frames/s over the load generator's {load['elapsed_s']:.0f} s; "
+      f"ack p50 {load['ack_p50_ms']:.1f} ms, p99 {load['ack_p99_ms']:.1f} ms; "
+      f"rejected {load['frames_rejected']}, resent {load['frames_resent']}", file=out)
+print(f"persisted over the measured {span:.1f} s: {frames_per_s:.0f} frames/s, "
+      f"{rows_per_s:.0f} rows/s (frames + model and device samples)", file=out)
+print(f"CPU (share of one core): aggregator {agg_pct:.0f} %, PostgreSQL {pg_pct:.0f} %", file=out)
+print(f"ceiling: {rows_total} rows by psql \\copy in {c1 - c0:.2f} s = {ceiling:.0f} rows/s", file=out)
+print(json.dumps({
+    "frames_per_s": round(frames_per_s, 1),
+    "ack_p50_ms": round(load["ack_p50_ms"], 2),
+    "ack_p99_ms": round(load["ack_p99_ms"], 2),
+    "rows_per_s": round(rows_per_s, 1),
+    "copy_ceiling_rows_per_s": round(ceiling, 1),
+    "ratio": round(rows_per_s / ceiling, 3) if ceiling > 0 else None,
+    "nodes": nodes,
+    "interval_s": interval,
+    "aggregator_cpu_pct": round(agg_pct, 1),
+    "postgres_cpu_pct": round(pg_pct, 1),
+}))
+EOF
