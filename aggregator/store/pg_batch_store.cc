@@ -4,6 +4,7 @@
 #include <exception>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
+#include <pqxx/tablewriter>
 #include <string_view>
 #include <tuple>
 #include <utility>
@@ -21,16 +22,16 @@ namespace fleetwes::aggregator {
 
 namespace {
 
-// Rows per INSERT statement: large enough to amortise round trips, small enough to keep each
-// statement's text a few megabytes at most.
-constexpr size_t kFramesPerStatement = 250;
+// Rows per INSERT statement (nodes): large enough to amortise round trips, small enough to keep
+// each statement's text a few megabytes at most.
 constexpr size_t kChildRowsPerStatement = 1000;
 
 using FrameKey = std::tuple<std::string, std::string, int64_t>;
 
-std::string NullReason(const v1::Wes& w) {
-  return w.has_raw() ? "NULL"
-                     : absl::StrCat("'", std::string(WesNullReasonName(w.null_reason())), "'");
+sql::CopyRow& NullReason(sql::CopyRow& row, const v1::Wes& w) {
+  if (w.has_raw()) return row.Null();
+  const std::string_view reason = WesNullReasonName(w.null_reason());
+  return row.Text(absl::string_view(reason.data(), reason.size()));
 }
 
 // Executes "<head> VALUES <rows...> <tail>" in chunks of `per_statement` rows; returns the
@@ -62,65 +63,86 @@ std::string NodeRow(pqxx::work& tx, const NodeRecord& n) {
       tx.quote_raw(reinterpret_cast<const unsigned char*>(n.hello.data()), n.hello.size()), ")");
 }
 
-std::string FrameRow(pqxx::work& tx, const FrameRecord& r) {
+std::string FrameLine(const FrameRecord& r) {
   const v1::Frame& f = *r.frame;
   const v1::Wes& w = f.node_wes();
   const v1::SystemSample& s = f.system();
-  return absl::StrCat(
-      "(", tx.quote(f.node_id()), ",", tx.quote(f.boot_id()), ",",
-      sql::Int(static_cast<int64_t>(f.seq())), ",", sql::Timestamp(f.window_start()), ",",
-      sql::Timestamp(f.window_end()), ",", sql::Time(r.received_at), ",",
-      sql::Double(f.interval_s()), ",", sql::Double(w.tokens_per_s()), ",",
-      sql::OptionalDouble(w.has_watts(), w.watts()), ",", sql::Double(w.pue()), ",",
-      sql::OptionalDouble(w.has_raw(), w.raw()), ",",
-      sql::OptionalDouble(w.has_penalized(), w.penalized()), ",",
-      sql::OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct()), ",", NullReason(w), ",",
-      sql::Int(f.thermal_state()), ",", sql::Bool(s.memory_pressure()), ",",
-      sql::OptionalDouble(s.has_swap_in_pages_per_s(), s.swap_in_pages_per_s()), ",",
-      sql::OptionalDouble(s.has_swap_out_pages_per_s(), s.swap_out_pages_per_s()), ",",
-      tx.quote_raw(reinterpret_cast<const unsigned char*>(r.serialized.data()),
-                   r.serialized.size()),
-      ")");
+  sql::CopyRow row;
+  row.Text(f.node_id())
+      .Text(f.boot_id())
+      .Int(static_cast<int64_t>(f.seq()))
+      .Timestamp(f.window_start())
+      .Timestamp(f.window_end())
+      .Time(r.received_at)
+      .Double(f.interval_s())
+      .Double(w.tokens_per_s())
+      .OptionalDouble(w.has_watts(), w.watts())
+      .Double(w.pue())
+      .OptionalDouble(w.has_raw(), w.raw())
+      .OptionalDouble(w.has_penalized(), w.penalized())
+      .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
+  NullReason(row, w)
+      .Int(f.thermal_state())
+      .Bool(s.memory_pressure())
+      .OptionalDouble(s.has_swap_in_pages_per_s(), s.swap_in_pages_per_s())
+      .OptionalDouble(s.has_swap_out_pages_per_s(), s.swap_out_pages_per_s())
+      .Bytes(r.serialized);
+  return row.line();
 }
 
-std::string LatencyColumns(const v1::LatencySummary& l) {
-  return absl::StrCat(sql::OptionalDouble(l.has_mean_s(), l.mean_s()), ",",
-                      sql::OptionalDouble(l.has_p50_s(), l.p50_s()), ",",
-                      sql::OptionalDouble(l.has_p95_s(), l.p95_s()), ",",
-                      sql::Int(static_cast<int64_t>(l.count())), ",", sql::Bool(l.estimate()));
+sql::CopyRow& Latency(sql::CopyRow& row, const v1::LatencySummary& l) {
+  return row.OptionalDouble(l.has_mean_s(), l.mean_s())
+      .OptionalDouble(l.has_p50_s(), l.p50_s())
+      .OptionalDouble(l.has_p95_s(), l.p95_s())
+      .Int(static_cast<int64_t>(l.count()))
+      .Bool(l.estimate());
 }
 
-std::string ModelRow(pqxx::work& tx, const v1::Frame& f, const std::string& key_prefix,
-                     const std::string& window_end, const v1::ModelSample& m) {
+// The frame key and window end that start every child row.
+sql::CopyRow ChildKey(const v1::Frame& f) {
+  sql::CopyRow row;
+  row.Text(f.node_id())
+      .Text(f.boot_id())
+      .Int(static_cast<int64_t>(f.seq()))
+      .Timestamp(f.window_end());
+  return row;
+}
+
+std::string ModelLine(sql::CopyRow row, const v1::ModelSample& m) {
   const v1::Wes& w = m.wes();
-  return absl::StrCat(
-      "(", key_prefix, window_end, ",", tx.quote(m.engine_id()), ",", sql::Int(m.engine()), ",",
-      tx.quote(m.model()), ",",
-      sql::OptionalDouble(m.has_decode_tokens_per_s(), m.decode_tokens_per_s()), ",",
-      sql::OptionalDouble(m.has_prefill_tokens_per_s(), m.prefill_tokens_per_s()), ",",
-      LatencyColumns(m.ttft()), ",", LatencyColumns(m.tpot()), ",",
-      sql::OptionalInt(m.has_requests_running(), m.requests_running()), ",",
-      sql::OptionalInt(m.has_requests_waiting(), m.requests_waiting()), ",",
-      sql::OptionalDouble(m.has_kv_cache_usage(), m.kv_cache_usage()), ",",
-      sql::OptionalDouble(m.has_watts_attributed(), m.watts_attributed()), ",",
-      sql::Double(w.tokens_per_s()), ",", sql::OptionalDouble(w.has_watts(), w.watts()), ",",
-      sql::OptionalDouble(w.has_raw(), w.raw()), ",",
-      sql::OptionalDouble(w.has_penalized(), w.penalized()), ",",
-      sql::OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct()), ",", NullReason(w), ",",
-      sql::Int(w.thermal_state()), ")");
+  row.Text(m.engine_id())
+      .Int(m.engine())
+      .Text(m.model())
+      .OptionalDouble(m.has_decode_tokens_per_s(), m.decode_tokens_per_s())
+      .OptionalDouble(m.has_prefill_tokens_per_s(), m.prefill_tokens_per_s());
+  Latency(row, m.ttft());
+  Latency(row, m.tpot())
+      .OptionalInt(m.has_requests_running(), m.requests_running())
+      .OptionalInt(m.has_requests_waiting(), m.requests_waiting())
+      .OptionalDouble(m.has_kv_cache_usage(), m.kv_cache_usage())
+      .OptionalDouble(m.has_watts_attributed(), m.watts_attributed())
+      .Double(w.tokens_per_s())
+      .OptionalDouble(w.has_watts(), w.watts())
+      .OptionalDouble(w.has_raw(), w.raw())
+      .OptionalDouble(w.has_penalized(), w.penalized())
+      .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
+  NullReason(row, w).Int(w.thermal_state());
+  return row.line();
 }
 
-std::string DeviceRow(pqxx::work& tx, const std::string& key_prefix, const std::string& window_end,
-                      const v1::Device& d) {
-  return absl::StrCat("(", key_prefix, window_end, ",", tx.quote(d.id()), ",", sql::Int(d.kind()),
-                      ",", sql::Int(d.power_scope()), ",",
-                      sql::OptionalDouble(d.has_power_w(), d.power_w()), ",",
-                      sql::OptionalDouble(d.has_energy_j(), d.energy_j()), ",",
-                      sql::OptionalDouble(d.has_temperature_c(), d.temperature_c()), ",",
-                      sql::OptionalDouble(d.has_clock_mhz(), d.clock_mhz()), ",",
-                      sql::OptionalDouble(d.has_clock_max_mhz(), d.clock_max_mhz()), ",",
-                      sql::Int(static_cast<int64_t>(d.throttle_mask())), ",",
-                      sql::Int(d.thermal_state()), ",", sql::Bool(d.power_capped()), ")");
+std::string DeviceLine(sql::CopyRow row, const v1::Device& d) {
+  row.Text(d.id())
+      .Int(d.kind())
+      .Int(d.power_scope())
+      .OptionalDouble(d.has_power_w(), d.power_w())
+      .OptionalDouble(d.has_energy_j(), d.energy_j())
+      .OptionalDouble(d.has_temperature_c(), d.temperature_c())
+      .OptionalDouble(d.has_clock_mhz(), d.clock_mhz())
+      .OptionalDouble(d.has_clock_max_mhz(), d.clock_max_mhz())
+      .Int(static_cast<int64_t>(d.throttle_mask()))
+      .Int(d.thermal_state())
+      .Bool(d.power_capped());
+  return row.line();
 }
 
 constexpr absl::string_view kInsertNodes =
@@ -135,23 +157,91 @@ constexpr absl::string_view kTouchNodes = "INSERT INTO nodes (node_id, first_see
 constexpr absl::string_view kTouchNodesTail =
     "ON CONFLICT (node_id) DO UPDATE SET last_seen = GREATEST(nodes.last_seen, "
     "EXCLUDED.last_seen)";
-constexpr absl::string_view kInsertFrames =
-    "INSERT INTO frames (node_id, boot_id, seq, window_start, window_end, received_at, "
-    "interval_s, decode_tokens_per_s, watts, pue, wes_raw, wes_penalized, thermal_cost_pct, "
-    "wes_null_reason, thermal_state, memory_pressure, swap_in_pages_per_s, "
-    "swap_out_pages_per_s, frame)";
-constexpr absl::string_view kInsertFramesTail =
+// Column lists in the order the *Line builders write them.
+const std::vector<std::string>& FrameColumns() {
+  static const auto* const columns = new std::vector<std::string>{"node_id",
+                                                                  "boot_id",
+                                                                  "seq",
+                                                                  "window_start",
+                                                                  "window_end",
+                                                                  "received_at",
+                                                                  "interval_s",
+                                                                  "decode_tokens_per_s",
+                                                                  "watts",
+                                                                  "pue",
+                                                                  "wes_raw",
+                                                                  "wes_penalized",
+                                                                  "thermal_cost_pct",
+                                                                  "wes_null_reason",
+                                                                  "thermal_state",
+                                                                  "memory_pressure",
+                                                                  "swap_in_pages_per_s",
+                                                                  "swap_out_pages_per_s",
+                                                                  "frame"};
+  return *columns;
+}
+const std::vector<std::string>& ModelColumns() {
+  static const auto* const columns = new std::vector<std::string>{"node_id",
+                                                                  "boot_id",
+                                                                  "seq",
+                                                                  "window_end",
+                                                                  "engine_id",
+                                                                  "engine",
+                                                                  "model",
+                                                                  "decode_tokens_per_s",
+                                                                  "prefill_tokens_per_s",
+                                                                  "ttft_mean_s",
+                                                                  "ttft_p50_s",
+                                                                  "ttft_p95_s",
+                                                                  "ttft_count",
+                                                                  "ttft_estimate",
+                                                                  "tpot_mean_s",
+                                                                  "tpot_p50_s",
+                                                                  "tpot_p95_s",
+                                                                  "tpot_count",
+                                                                  "tpot_estimate",
+                                                                  "requests_running",
+                                                                  "requests_waiting",
+                                                                  "kv_cache_usage",
+                                                                  "watts_attributed",
+                                                                  "wes_tokens_per_s",
+                                                                  "wes_watts",
+                                                                  "wes_raw",
+                                                                  "wes_penalized",
+                                                                  "thermal_cost_pct",
+                                                                  "wes_null_reason",
+                                                                  "thermal_state"};
+  return *columns;
+}
+const std::vector<std::string>& DeviceColumns() {
+  static const auto* const columns = new std::vector<std::string>{
+      "node_id",   "boot_id",       "seq",           "window_end",    "device_id",
+      "kind",      "scope",         "power_w",       "energy_j",      "temperature_c",
+      "clock_mhz", "clock_max_mhz", "throttle_mask", "thermal_state", "power_capped"};
+  return *columns;
+}
+
+// Per connection: a temporary table shaped like frames that COPY fills and INSERT ... SELECT
+// drains (COPY itself cannot skip duplicates). Emptied at every commit.
+constexpr absl::string_view kCreateStage =
+    "CREATE TEMPORARY TABLE IF NOT EXISTS fleetwes_stage_frames "
+    "(LIKE frames INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
+constexpr absl::string_view kDrainStage =
+    "INSERT INTO frames SELECT * FROM fleetwes_stage_frames "
     "ON CONFLICT (node_id, boot_id, seq, window_end) DO NOTHING RETURNING node_id, boot_id, seq";
-constexpr absl::string_view kInsertModels =
-    "INSERT INTO model_samples (node_id, boot_id, seq, window_end, engine_id, engine, model, "
-    "decode_tokens_per_s, prefill_tokens_per_s, ttft_mean_s, ttft_p50_s, ttft_p95_s, ttft_count, "
-    "ttft_estimate, tpot_mean_s, tpot_p50_s, tpot_p95_s, tpot_count, tpot_estimate, "
-    "requests_running, requests_waiting, kv_cache_usage, watts_attributed, wes_tokens_per_s, "
-    "wes_watts, wes_raw, wes_penalized, thermal_cost_pct, wes_null_reason, thermal_state)";
-constexpr absl::string_view kInsertDevices =
-    "INSERT INTO device_samples (node_id, boot_id, seq, window_end, device_id, kind, scope, "
-    "power_w, energy_j, temperature_c, clock_mhz, clock_max_mhz, throttle_mask, thermal_state, "
-    "power_capped)";
+
+// COPY `lines` into `table` (`columns`) within `tx`.
+void CopyLines(pqxx::work& tx, const std::string& table, const std::vector<std::string>& columns,
+               const std::vector<std::string>& lines) {
+  if (lines.empty()) return;
+    // tablewriter is the libpqxx 6 API that takes preformatted COPY text lines.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  pqxx::tablewriter writer(tx, table, columns.begin(), columns.end());
+#pragma GCC diagnostic pop
+  for (const std::string& line : lines) writer.write_raw_line(line);
+  writer.complete();
+}
 
 }  // namespace
 
@@ -211,6 +301,11 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
   if (absl::Status s = EnsurePartitions("device_samples", device_days); !s.ok()) return s;
 
   try {
+    if (stage_backend_pid_ != conn_->backendpid()) {
+      pqxx::nontransaction ddl(*conn_);
+      ddl.exec(std::string(kCreateStage));
+      stage_backend_pid_ = conn_->backendpid();
+    }
     pqxx::work tx(*conn_);
 
     // Nodes announced in this batch; the last Hello of a node wins (one row per statement).
@@ -227,23 +322,21 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
     if (!frames.empty()) {
       // Frames: the first occurrence of each key in the batch is offered to the database.
       std::map<FrameKey, size_t> first;
-      std::vector<std::string> rows;
+      std::vector<std::string> lines;
       absl::flat_hash_map<absl::string_view, absl::Time> seen;
       for (size_t i = 0; i < frames.size(); ++i) {
         const v1::Frame& f = *frames[i]->frame;
         FrameKey key{f.node_id(), f.boot_id(), static_cast<int64_t>(f.seq())};
         if (!first.emplace(std::move(key), i).second) continue;
-        rows.push_back(FrameRow(tx, *frames[i]));
+        lines.push_back(FrameLine(*frames[i]));
         absl::Time& t = seen[f.node_id()];
         t = std::max(t, frames[i]->received_at);
       }
-      for (const pqxx::result& r :
-           ExecChunked(tx, kInsertFrames, rows, kFramesPerStatement, kInsertFramesTail)) {
-        for (const pqxx::row& row : r) {
-          auto it = first.find(
-              FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
-          if (it != first.end()) inserted[it->second] = true;
-        }
+      CopyLines(tx, "fleetwes_stage_frames", FrameColumns(), lines);
+      for (const pqxx::row& row : tx.exec(std::string(kDrainStage))) {
+        auto it = first.find(
+            FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
+        if (it != first.end()) inserted[it->second] = true;
       }
 
       // Model and device rows of the frames inserted now (never for duplicates).
@@ -252,24 +345,17 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
       for (size_t i = 0; i < frames.size(); ++i) {
         if (!inserted[i]) continue;
         const v1::Frame& f = *frames[i]->frame;
-        const std::string key_prefix =
-            absl::StrCat(tx.quote(f.node_id()), ",", tx.quote(f.boot_id()), ",",
-                         sql::Int(static_cast<int64_t>(f.seq())), ",");
-        const std::string window_end = sql::Timestamp(f.window_end());
+        const sql::CopyRow key = ChildKey(f);
         const absl::Time end = FromProtoTime(f.window_end());
         if (end >= model_cutoff) {
-          for (const v1::ModelSample& m : f.models()) {
-            model_rows.push_back(ModelRow(tx, f, key_prefix, window_end, m));
-          }
+          for (const v1::ModelSample& m : f.models()) model_rows.push_back(ModelLine(key, m));
         }
         if (end >= device_cutoff) {
-          for (const v1::Device& d : f.devices()) {
-            device_rows.push_back(DeviceRow(tx, key_prefix, window_end, d));
-          }
+          for (const v1::Device& d : f.devices()) device_rows.push_back(DeviceLine(key, d));
         }
       }
-      ExecChunked(tx, kInsertModels, model_rows, kChildRowsPerStatement, "");
-      ExecChunked(tx, kInsertDevices, device_rows, kChildRowsPerStatement, "");
+      CopyLines(tx, "model_samples", ModelColumns(), model_rows);
+      CopyLines(tx, "device_samples", DeviceColumns(), device_rows);
 
       std::vector<std::string> touch_rows;
       for (const auto& [node_id, t] : seen) {

@@ -1,5 +1,7 @@
-// BatchStore on PostgreSQL with libpqxx: multi-row INSERTs in one transaction, frames first with
-// ON CONFLICT DO NOTHING RETURNING their key, then model and device rows for the new frames only.
+// BatchStore on PostgreSQL with libpqxx, one transaction per batch: frames are COPYed into a
+// temporary staging table and moved with INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING
+// their key, then the model and device rows of the new frames only are COPYed straight into
+// their tables; node upserts are multi-row INSERTs.
 // The sample tables are partitioned by day (store/partitions.h): before a batch, the partitions of
 // the days it touches are created when this store has not seen them yet; model and device rows
 // older than their table's retention are not written (frames that old are refused at ingest).
@@ -43,6 +45,8 @@ class PgBatchStore : public BatchStore {
   // (table, day) partitions known to exist; cleared after a failed batch.
   std::set<std::pair<std::string, absl::CivilDay>> known_partitions_;
   std::unique_ptr<pqxx::connection> conn_;
+  // The server process (session) in which the staging table was created: it is per session.
+  int stage_backend_pid_ = 0;
 };
 
 }  // namespace fleetwes::aggregator

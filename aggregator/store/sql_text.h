@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace fleetwes::aggregator::sql {
@@ -25,6 +26,29 @@ std::string Time(absl::Time t);
 std::string Timestamp(const google::protobuf::Timestamp& ts);
 // RFC 3339 with microseconds in UTC, for bound parameters cast to timestamptz.
 std::string TimeParam(absl::Time t);
+
+// One row of COPY ... FROM STDIN in text format, built field by field: fields separated by tabs,
+// \N for NULL, backslash, tab, newline and carriage return escaped; times in UTC with
+// microseconds; bytes as bytea hex. Not thread-safe (a value).
+class CopyRow {
+ public:
+  CopyRow& Text(absl::string_view s);
+  CopyRow& Double(double v);  // non-finite values become NULL
+  CopyRow& OptionalDouble(bool has, double v);
+  CopyRow& Int(int64_t v);
+  CopyRow& OptionalInt(bool has, int64_t v);
+  CopyRow& Bool(bool v);
+  CopyRow& Time(absl::Time t);
+  CopyRow& Timestamp(const google::protobuf::Timestamp& ts);
+  CopyRow& Bytes(absl::string_view bytes);
+  CopyRow& Null();
+  // The row without a trailing newline.
+  const std::string& line() const { return line_; }
+
+ private:
+  void Separate();
+  std::string line_;
+};
 
 }  // namespace fleetwes::aggregator::sql
 

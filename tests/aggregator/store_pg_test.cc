@@ -164,6 +164,26 @@ TEST_F(StorePgTest, WritesABatchAndDeduplicatesReplays) {
   EXPECT_TRUE(model[3].is_null());
 }
 
+TEST_F(StorePgTest, CopyKeepsEveryCharacterOfTextAndNulls) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  v1::Frame f = MakeFrame("n1", "b", 1, T0());
+  f.mutable_models(0)->set_model("org\\model's \"v2\" \\N");
+  f.mutable_models(0)->clear_kv_cache_usage();
+  const FrameRecord r = Record(std::move(f));
+  const FrameRecord* p = &r;
+  ASSERT_TRUE(store.WriteBatch({}, {&p, 1}).ok());
+  pqxx::read_transaction tx(*conn_);
+  const pqxx::row row =
+      tx.exec1("SELECT model, kv_cache_usage IS NULL, ttft_count FROM model_samples WHERE seq = 1");
+  EXPECT_EQ(row[0].as<std::string>(), "org\\model's \"v2\" \\N");
+  EXPECT_TRUE(row[1].as<bool>());
+  const pqxx::row frame = tx.exec1("SELECT frame FROM frames WHERE seq = 1");
+  v1::Frame stored;
+  ASSERT_TRUE(stored.ParseFromString(pqxx::binarystring(frame[0]).str()));
+  EXPECT_EQ(stored.models(0).model(), "org\\model's \"v2\" \\N");
+}
+
 TEST_F(StorePgTest, ALostConnectionIsTransientAndTheStoreReconnects) {
   ASSERT_TRUE(ApplyMigrations(*conn_).ok());
   PgBatchStore store(db().url());
