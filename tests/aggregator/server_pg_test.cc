@@ -1,5 +1,6 @@
 // The whole aggregator in-process against a fresh database: real gRPC on 127.0.0.1:0, real
 // client stubs, rows checked in PostgreSQL.
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -237,7 +238,15 @@ TEST_F(ServerPgTest, FleetServesTheLeaderboardNodesAndHistory) {
   pick.set_model("");
   EXPECT_EQ(router_->Pick(&ctx9, pick, &picked).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 
-  // A restarted aggregator rebuilds the same leaderboard from the database.
+  // A restarted aggregator rebuilds the same leaderboard and routing answers from the database.
+  grpc::ClientContext before_board_ctx;
+  v1::LeaderboardResponse before_board;
+  ASSERT_TRUE(fleet_->Leaderboard(&before_board_ctx, v1::LeaderboardRequest(), &before_board).ok());
+  grpc::ClientContext before_pick_ctx;
+  pick.set_model("llama3-8b");
+  v1::PickResponse before_pick;
+  ASSERT_TRUE(router_->Pick(&before_pick_ctx, pick, &before_pick).ok());
+
   server_->Stop();
   StartAggregator();
   grpc::ClientContext ctx10;
@@ -246,6 +255,17 @@ TEST_F(ServerPgTest, FleetServesTheLeaderboardNodesAndHistory) {
   EXPECT_EQ(board.entries(0).node_id(), "studio-01");
   EXPECT_EQ(board.entries(3).node_id(), "spare-04");
   EXPECT_EQ(board.entries(0).labels().at("site"), "lab");
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(before_board, board))
+      << "before:\n"
+      << before_board.DebugString() << "after:\n"
+      << board.DebugString();
+  grpc::ClientContext ctx11;
+  v1::PickResponse after_pick;
+  ASSERT_TRUE(router_->Pick(&ctx11, pick, &after_pick).ok());
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(before_pick, after_pick))
+      << "before:\n"
+      << before_pick.DebugString() << "after:\n"
+      << after_pick.DebugString();
 }
 
 TEST_F(ServerPgTest, HealthCheckingIsServing) {
