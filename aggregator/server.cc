@@ -126,10 +126,11 @@ absl::Status AggregatorServer::Start(absl::Notification* stop) {
   grpc_address->port = grpc_port_;
   log->info("gRPC listening on {}", grpc_address->ToString());
 
-  http_ = std::make_unique<HttpServer>(&state_, &metrics_, clock_, policy_);
+  http_ = std::make_unique<HttpServer>(&state_, &metrics_, clock_, policy_, &queries_);
   if (absl::Status s = http_->Start(*http_address); !s.ok()) return s;
   http_address->port = http_->port();
-  log->info("HTTP listening on {} (/metrics, /healthz)", http_address->ToString());
+  log->info("HTTP listening on {} (/metrics, /healthz, /readyz, /api/v1/)",
+            http_address->ToString());
   return absl::OkStatus();
 }
 

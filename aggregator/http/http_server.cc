@@ -64,8 +64,12 @@ std::string RenderMetrics(const prometheus::Registry& registry,
 }
 
 HttpServer::HttpServer(const FleetState* state, AggregatorMetrics* metrics, Clock* clock,
-                       StalenessPolicy policy)
-    : state_(state), metrics_(metrics), clock_(clock), policy_(policy) {}
+                       StalenessPolicy policy, const FleetQueries* queries)
+    : state_(state), metrics_(metrics), clock_(clock), policy_(policy) {
+  if (queries != nullptr) {
+    api_ = std::make_unique<JsonApi>(queries, state, metrics, clock, policy);
+  }
+}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -92,9 +96,30 @@ absl::Status HttpServer::Start(const ListenAddress& address) {
   server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok", "text/plain");
   });
+  // The server starts only after the database is prepared and the fleet state rebuilt, so a
+  // listening aggregator is ready.
+  server_->Get("/readyz", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ready", "text/plain");
+  });
+  if (api_ != nullptr) {
+    server_->Get(R"(/api/v1/.*)", [this](const httplib::Request& req, httplib::Response& res) {
+      JsonReply reply = api_->Handle(req.path, req.params);
+      res.status = reply.status;
+      res.set_content(std::move(reply.body), "application/json");
+    });
+  }
+  const auto not_allowed = [](const httplib::Request&, httplib::Response& res) {
+    res.status = 405;
+    res.set_header("Allow", "GET");
+    res.set_content("method not allowed: only GET\n", "text/plain");
+  };
+  server_->Post(R"(/.*)", not_allowed);
+  server_->Put(R"(/.*)", not_allowed);
+  server_->Delete(R"(/.*)", not_allowed);
+  server_->Patch(R"(/.*)", not_allowed);
   // Unmatched routes get httplib's 404 with an empty body; give it a short text.
   server_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (res.status == 404) res.set_content("not found\n", "text/plain");
+    if (res.status == 404 && res.body.empty()) res.set_content("not found\n", "text/plain");
   });
 
   if (address.port == 0) {

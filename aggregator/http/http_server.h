@@ -1,6 +1,8 @@
 // The aggregator's HTTP endpoint (cpp-httplib): GET /metrics (Prometheus text format: the
 // registry's families plus per-node gauges rendered from the fleet state at scrape time),
-// GET /healthz ("ok"), 404 for anything else. Start/Stop are called from one thread; requests
+// GET /healthz ("ok": the process serves), GET /readyz ("ready": the fleet state is rebuilt and
+// the server takes traffic), the JSON API under /api/v1/ (http/json_api.h), 404 for anything
+// else; methods other than GET get 405. Start/Stop are called from one thread; requests
 // are served on httplib's worker threads.
 #ifndef FLEETWES_AGGREGATOR_HTTP_HTTP_SERVER_H_
 #define FLEETWES_AGGREGATOR_HTTP_HTTP_SERVER_H_
@@ -15,7 +17,9 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "aggregator/config.h"
+#include "aggregator/fleet/fleet_service.h"
 #include "aggregator/fleet/fleet_state.h"
+#include "aggregator/http/json_api.h"
 #include "aggregator/metrics.h"
 #include "common/clock.h"
 
@@ -35,8 +39,9 @@ std::string RenderMetrics(const prometheus::Registry& registry,
 class HttpServer {
  public:
   // Pointers must outlive the server.
+  // `queries` may be null: the /api/v1/ routes then answer 404.
   HttpServer(const FleetState* state, AggregatorMetrics* metrics, Clock* clock,
-             StalenessPolicy policy);
+             StalenessPolicy policy, const FleetQueries* queries = nullptr);
   ~HttpServer();  // Stop()s
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -54,6 +59,7 @@ class HttpServer {
   AggregatorMetrics* const metrics_;
   Clock* const clock_;
   const StalenessPolicy policy_;
+  std::unique_ptr<JsonApi> api_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
