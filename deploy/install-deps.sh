@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything fleetwes needs to build, test and run on Debian 12, from Debian's packages.
+# (prometheus: its promtool lints the /metrics expositions in the tests.)
 # Idempotent and non-interactive: packages already present are left alone.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ packages=(
   postgresql-15 postgresql-client-15
   clang libclang-rt-14-dev clang-format
   procps iproute2
+  prometheus
 )
 
 missing=()

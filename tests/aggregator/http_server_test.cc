@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -79,6 +82,35 @@ TEST_F(HttpServerTest, ServesMetricsHealthzAnd404OnAnEphemeralPort) {
   EXPECT_EQ(missing->status, 404);
   server.Stop();
   server.Stop();  // idempotent
+}
+
+// `promtool check metrics` (Debian's prometheus package, installed by deploy/install-deps.sh)
+// finds nothing to say about the exposition: names, units, help, types.
+TEST_F(HttpServerTest, MetricsPassPromtoolLint) {
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "promtool not installed (deploy/install-deps.sh installs it)";
+  }
+  AddNode("studio-01", {.tokens_per_s = 89, .watts = 60}, T0());
+  AddNode("old-06", {.tokens_per_s = 10, .watts = 10}, T0() - absl::Minutes(5));
+  metrics_.CountRejected(RejectReason::kWindow);
+  metrics_.CountDbError(absl::UnavailableError("down"));
+  metrics_.CountApiRequest("Router.Pick", absl::OkStatus());
+  metrics_.writer_commit_seconds().Observe(0.01);
+  const std::string text =
+      RenderMetrics(*metrics_.registry(), state_.Snapshot(), clock_.Now(), StalenessPolicy{});
+  const std::string dir = ::testing::TempDir();
+  const std::string in = dir + "/fleetwes_metrics.txt";
+  const std::string out = dir + "/fleetwes_promtool.txt";
+  {
+    std::ofstream f(in);
+    f << text;
+  }
+  const int rc = std::system(("promtool check metrics < " + in + " > " + out + " 2>&1").c_str());
+  std::ifstream report(out);
+  const std::string findings((std::istreambuf_iterator<char>(report)),
+                             std::istreambuf_iterator<char>());
+  EXPECT_EQ(rc, 0) << findings;
+  EXPECT_EQ(findings, "") << text;
 }
 
 // The JSON API over real HTTP, from the same fleet state the gRPC services read.
