@@ -32,48 +32,31 @@ options:
 EOF
 }
 
+bench_name=agent_overhead
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+root=$bench_root
 duration=120
 warmup=10
 interval=2
 gpus=8
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="$root/build/bench"
 skip_build=0
-is_number() { [[ "$1" =~ ^[0-9]+$ ]]; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --duration) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "agent_overhead: --duration needs seconds" >&2; exit 2; }
-                duration=$2; shift ;;
-    --warmup) is_number "${2:-}" || { echo "agent_overhead: --warmup needs seconds" >&2; exit 2; }
-              warmup=$2; shift ;;
-    --interval) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "agent_overhead: --interval needs seconds" >&2; exit 2; }
-                interval=$2; shift ;;
-    --gpus) is_number "${2:-}" && [ "$2" -ge 1 ] && [ "$2" -le 64 ] || { echo "agent_overhead: --gpus needs 1..64" >&2; exit 2; }
-            gpus=$2; shift ;;
-    --build) [ -n "${2:-}" ] || { echo "agent_overhead: --build needs a directory" >&2; exit 2; }
-             build=$(realpath -m "$2"); shift ;;
+    --duration) need_number "$1" "${2:-}" 1; duration=$2; shift ;;
+    --warmup) need_number "$1" "${2:-}" 0; warmup=$2; shift ;;
+    --interval) need_number "$1" "${2:-}" 1; interval=$2; shift ;;
+    --gpus) need_number "$1" "${2:-}" 1; [ "$2" -le 64 ] || die "--gpus: at most 64"; gpus=$2; shift ;;
+    --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "agent_overhead: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'agent_overhead: %s\n' "$*" >&2; exit 1; }
 bin="$build/bin"
-
-# --- build ---------------------------------------------------------------------------------------
-if [ "$skip_build" -eq 0 ]; then
-  say "build (Release, no sanitizers) in $build"
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFLEETWES_BUILD_TESTS=ON \
-    -DFLEETWES_BUILD_BENCH=ON -DFLEETWES_SANITIZE=OFF >/dev/null
-  cmake --build "$build" -j2 --target fleetwes-agent fleetwes-replay-engine fleetwes-ingest-sink \
-    fleetwes_fake_nvml >/dev/null
-fi
-for b in fleetwes-agent fleetwes-replay-engine fleetwes-ingest-sink; do
-  [ -x "$bin/$b" ] || die "$bin/$b is missing (drop --skip-build)"
-done
+bench_build "$build" "$skip_build" fleetwes-agent fleetwes-replay-engine fleetwes-ingest-sink \
+  fleetwes_fake_nvml
 fake_nvml=$(find "$build" -path '*fake_nvml/libnvidia-ml.so' | head -n 1)
 [ -n "$fake_nvml" ] || die "the fake libnvidia-ml.so is missing under $build"
 
@@ -110,7 +93,6 @@ wait_file() {  # wait_file PATH SECONDS
     sleep 0.1
   done
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 hw="$work/hw"
 mkdir -p "$hw/sys/class/thermal/thermal_zone0" "$hw/proc"

@@ -34,27 +34,23 @@ options:
 EOF
 }
 
+bench_name=ingest
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+root=$bench_root
 nodes=40000
 interval=2
 duration=60
 warmup=15
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="$root/build/bench"
 skip_build=0
 keep=0
-is_number() { [[ "$1" =~ ^[0-9]+$ ]]; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --nodes) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "ingest: --nodes needs a positive number" >&2; exit 2; }
-             nodes=$2; shift ;;
-    --interval) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "ingest: --interval needs seconds" >&2; exit 2; }
-                interval=$2; shift ;;
-    --duration) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "ingest: --duration needs seconds" >&2; exit 2; }
-                duration=$2; shift ;;
-    --warmup) is_number "${2:-}" || { echo "ingest: --warmup needs seconds" >&2; exit 2; }
-              warmup=$2; shift ;;
-    --build) [ -n "${2:-}" ] || { echo "ingest: --build needs a directory" >&2; exit 2; }
-             build=$(realpath -m "$2"); shift ;;
+    --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
+    --interval) need_number "$1" "${2:-}" 1; interval=$2; shift ;;
+    --duration) need_number "$1" "${2:-}" 1; duration=$2; shift ;;
+    --warmup) need_number "$1" "${2:-}" 0; warmup=$2; shift ;;
+    --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     --keep) keep=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -62,20 +58,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'ingest: %s\n' "$*" >&2; exit 1; }
 bin="$build/bin"
-
-if [ "$skip_build" -eq 0 ]; then
-  say "build (Release, no sanitizers) in $build"
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFLEETWES_BUILD_TESTS=ON \
-    -DFLEETWES_BUILD_BENCH=ON -DFLEETWES_SANITIZE=OFF >/dev/null
-  cmake --build "$build" -j2 --target fleetwes-aggregator fleetwes-loadgen >/dev/null
-fi
-for b in fleetwes-aggregator fleetwes-loadgen; do
-  [ -x "$bin/$b" ] || die "$bin/$b is missing (drop --skip-build)"
-done
+bench_build "$build" "$skip_build" fleetwes-aggregator fleetwes-loadgen
 
 work=$(mktemp -d /var/tmp/fleetwes-bench-ingest.XXXXXX)
 chmod 755 "$work"
@@ -102,7 +86,6 @@ psql_admin -d postgres -c "CREATE DATABASE fleetwes" >/dev/null
 db_url="${cluster%/postgres}/fleetwes"
 psql_db() { psql_admin -d fleetwes "$@"; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 grpc_port=$(free_port)
 http_port=$(free_port)
 cat >"$work/aggregator.yaml" <<EOF
@@ -115,12 +98,7 @@ EOF
 say "fleetwes-aggregator on 127.0.0.1:$grpc_port"
 "$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
 agg_pid=$!
-deadline=$((SECONDS + 60))
-until curl -fsS "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1; do
-  kill -0 "$agg_pid" 2>/dev/null || { tail -n 20 "$work/aggregator.log" >&2; die "the aggregator exited"; }
-  [ $SECONDS -lt $deadline ] || die "the aggregator is not healthy after 60 s"
-  sleep 0.2
-done
+wait_healthy "http://127.0.0.1:$http_port/healthz" "$agg_pid" "$work/aggregator.log" 60
 
 say "fleetwes-loadgen: $nodes nodes every ${interval}s, ${warmup}s warm-up + ${duration}s measured"
 "$bin/fleetwes-loadgen" --target="127.0.0.1:$grpc_port" --nodes="$nodes" --interval="${interval}s" \

@@ -29,43 +29,28 @@ options:
 EOF
 }
 
+bench_name=restart
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+root=$bench_root
 nodes=10000
 points=288
 runs=3
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="$root/build/bench"
 skip_build=0
-is_number() { [[ "$1" =~ ^[0-9]+$ ]]; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --nodes) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "restart: --nodes needs a positive number" >&2; exit 2; }
-             nodes=$2; shift ;;
-    --history-points) is_number "${2:-}" || { echo "restart: --history-points needs a number" >&2; exit 2; }
-                      points=$2; shift ;;
-    --runs) is_number "${2:-}" && [ "$2" -gt 0 ] || { echo "restart: --runs needs a positive number" >&2; exit 2; }
-            runs=$2; shift ;;
-    --build) [ -n "${2:-}" ] || { echo "restart: --build needs a directory" >&2; exit 2; }
-             build=$(realpath -m "$2"); shift ;;
+    --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
+    --history-points) need_number "$1" "${2:-}" 0; points=$2; shift ;;
+    --runs) need_number "$1" "${2:-}" 1; runs=$2; shift ;;
+    --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "restart: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'restart: %s\n' "$*" >&2; exit 1; }
 bin="$build/bin"
-
-if [ "$skip_build" -eq 0 ]; then
-  say "build (Release, no sanitizers) in $build"
-  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFLEETWES_BUILD_TESTS=ON \
-    -DFLEETWES_BUILD_BENCH=ON -DFLEETWES_SANITIZE=OFF >/dev/null
-  cmake --build "$build" -j2 --target fleetwes-aggregator fleetwes-loadgen >/dev/null
-fi
-for b in fleetwes-aggregator fleetwes-loadgen; do
-  [ -x "$bin/$b" ] || die "$bin/$b is missing (drop --skip-build)"
-done
+bench_build "$build" "$skip_build" fleetwes-aggregator fleetwes-loadgen
 
 work=$(mktemp -d /var/tmp/fleetwes-bench-restart.XXXXXX)
 chmod 755 "$work"
@@ -88,7 +73,6 @@ psql_db() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d
 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE fleetwes" >/dev/null
 db_url="${cluster%/postgres}/fleetwes"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 grpc_port=$(free_port)
 http_port=$(free_port)
 cat >"$work/aggregator.yaml" <<EOF
@@ -104,12 +88,7 @@ start_aggregator() {  # sets agg_pid; waits for /healthz; writes "rebuild_s read
   t0=$(date +%s.%N)
   "$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
   agg_pid=$!
-  local deadline=$((SECONDS + 300))
-  until curl -fsS "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1; do
-    kill -0 "$agg_pid" 2>/dev/null || { tail -n 20 "$work/aggregator.log" >&2; die "the aggregator exited"; }
-    [ $SECONDS -lt $deadline ] || die "the aggregator is not healthy after 300 s"
-    sleep 0.05
-  done
+  wait_healthy "http://127.0.0.1:$http_port/healthz" "$agg_pid" "$work/aggregator.log" 300
   t_ready=$(date +%s.%N)
   # The log line's own timestamp: "2026-11-24T19:16:41.414+00:00 info  [aggregator] fleet state
   # rebuilt: N nodes".
