@@ -44,3 +44,26 @@ wait_healthy() {
     sleep 0.05
   done
 }
+
+# bench_database DIR [-c name=value ...]: a private PostgreSQL in DIR (deploy/pg-private.sh) with
+# an empty database "fleetwes". Sets pg_port and db_url; psql_db runs psql on that database.
+bench_database() {
+  local dir=$1
+  shift
+  say "private PostgreSQL in $dir"
+  local cluster
+  cluster=$("$bench_root/deploy/pg-private.sh" start "$dir" "$@")
+  pg_port=$(cat "$dir/port")
+  psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -c "CREATE DATABASE fleetwes" >/dev/null
+  db_url="${cluster%/postgres}/fleetwes"
+}
+psql_db() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres -d fleetwes "$@"; }
+
+# aggregator_config FILE [EXTRA_YAML]: an aggregator config on free loopback ports for db_url.
+# Sets grpc_port and http_port.
+aggregator_config() {
+  grpc_port=$(free_port)
+  http_port=$(free_port)
+  printf 'grpc_listen: "127.0.0.1:%s"\nhttp_listen: "127.0.0.1:%s"\ndatabase:\n  url: "%s"\n%s' \
+    "$grpc_port" "$http_port" "$db_url" "${2:-}" >"$1"
+}

@@ -76,25 +76,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "ingest: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-say "private PostgreSQL in $pgdir"
-cluster=$("$root/deploy/pg-private.sh" start "$pgdir" -c synchronous_commit=on -c wal_compression=on \
-  -c max_wal_size=4GB -c checkpoint_timeout=15min -c shared_buffers=2GB \
-  -c autovacuum_vacuum_insert_scale_factor=0.05)
-port=$(cat "$pgdir/port")
-psql_admin() { psql -X -q -h 127.0.0.1 -p "$port" -U postgres "$@"; }
-psql_admin -d postgres -c "CREATE DATABASE fleetwes" >/dev/null
-db_url="${cluster%/postgres}/fleetwes"
-psql_db() { psql_admin -d fleetwes "$@"; }
-
-grpc_port=$(free_port)
-http_port=$(free_port)
-cat >"$work/aggregator.yaml" <<EOF
-grpc_listen: "127.0.0.1:$grpc_port"
-http_listen: "127.0.0.1:$http_port"
-database:
-  url: "$db_url"
-log_level: warn
-EOF
+bench_database "$pgdir" -c synchronous_commit=on -c wal_compression=on -c max_wal_size=4GB \
+  -c checkpoint_timeout=15min -c shared_buffers=2GB -c autovacuum_vacuum_insert_scale_factor=0.05
+aggregator_config "$work/aggregator.yaml" "log_level: warn"
 say "fleetwes-aggregator on 127.0.0.1:$grpc_port"
 "$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
 agg_pid=$!
@@ -143,7 +127,7 @@ for t in frames model_samples device_samples; do
 done
 psql_db -c "TRUNCATE frames, model_samples, device_samples"
 c0=$(date +%s.%N)
-psql_db -v ON_ERROR_STOP=1 <<EOF
+psql_db <<EOF
 BEGIN;
 \\copy frames FROM '$work/frames.copy'
 \\copy model_samples FROM '$work/model_samples.copy'

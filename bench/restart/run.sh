@@ -65,22 +65,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "restart: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-say "private PostgreSQL in $pgdir"
-cluster=$("$root/deploy/pg-private.sh" start "$pgdir" -c shared_buffers=2GB -c max_wal_size=8GB \
-  -c wal_compression=on -c checkpoint_timeout=30min)
-port=$(cat "$pgdir/port")
-psql_db() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d fleetwes "$@"; }
-psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE fleetwes" >/dev/null
-db_url="${cluster%/postgres}/fleetwes"
-
-grpc_port=$(free_port)
-http_port=$(free_port)
-cat >"$work/aggregator.yaml" <<EOF
-grpc_listen: "127.0.0.1:$grpc_port"
-http_listen: "127.0.0.1:$http_port"
-database:
-  url: "$db_url"
-EOF
+bench_database "$pgdir" -c shared_buffers=2GB -c max_wal_size=8GB -c wal_compression=on \
+  -c checkpoint_timeout=30min
+aggregator_config "$work/aggregator.yaml"
 
 start_aggregator() {  # sets agg_pid; waits for /healthz; writes "rebuild_s ready_s" to $work/times
   : >"$work/aggregator.log"
