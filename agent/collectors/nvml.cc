@@ -226,7 +226,7 @@ HardwareReading CombinedHardwareCollector::Read() {
     const SystemReading& s = r.system;
     bool has_system = s.swap_in_pages_total || s.swap_out_pages_total ||
                       s.memory_pressure_some_avg10 || s.memory_total_bytes ||
-                      s.memory_available_bytes;
+                      s.memory_available_bytes || s.cpu_all_ticks_total;
     if (!system_set && has_system) {
       out.system = r.system;
       system_set = true;
