@@ -46,6 +46,7 @@ std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot
   options.interval = config.interval;
   options.pue = config.pue;
   options.penalties = config.thermal_penalties;
+  options.proc_root = config.hardware.root;
   std::vector<std::unique_ptr<HardwareCollector>> hardware;
   hardware.push_back(std::make_unique<LinuxHwCollector>(config.hardware.root));
   if (config.hardware.nvml) {

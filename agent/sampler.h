@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,6 +35,12 @@ struct SamplerOptions {
   ThermalPenalties penalties;
   // Extra real time granted to an engine read beyond its own timeout before it is given up.
   absl::Duration engine_grace = absl::Milliseconds(200);
+  // Directory standing for "/" whose procfs maps engines to their processes (engine port ->
+  // listening socket -> pid and descendants) to place models on GPUs by the GPUs' process
+  // lists; empty disables the mapping.
+  std::string proc_root;
+  // How long a resolved (or failed) engine -> processes mapping is reused.
+  absl::Duration process_refresh = absl::Seconds(30);
 };
 
 // A fresh boot id: 128 random bits as a UUID-formatted string (version 4 layout).
@@ -71,9 +78,14 @@ class Sampler {
  private:
   struct EngineState {
     std::unique_ptr<internal::EngineWorker> worker;
-    std::optional<EngineReading> baseline;  // last reading if it was available
-    std::string down_reason;                // logged reason while unavailable
+    std::optional<EngineReading> baseline;   // last reading if it was available
+    std::string down_reason;                 // logged reason while unavailable
+    std::optional<std::set<int64_t>> pids;   // the engine's processes when resolved
+    std::optional<absl::Time> pids_checked;  // when `pids` was last resolved or tried
   };
+
+  // The engine's processes, resolved at most every process_refresh; nullopt when unknown.
+  const std::optional<std::set<int64_t>>& EnginePids(EngineState* e, absl::Time now);
 
   v1::Frame BuildFrame(absl::Time start, absl::Time end, const std::vector<EngineReading>& now,
                        const HardwareReading& hw);

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <utility>
@@ -113,6 +114,7 @@ class SamplerTest : public ::testing::Test {
     o.interval = absl::Seconds(2);
     o.pue = 1.5;
     o.engine_grace = absl::Milliseconds(50);
+    o.proc_root = proc_root_;
     return std::make_unique<Sampler>(std::move(o), std::move(collectors),
                                      std::make_unique<FakeHardware>(hw_), &clock_);
   }
@@ -121,6 +123,7 @@ class SamplerTest : public ::testing::Test {
     shared_[i]->next = std::move(r);
   }
 
+  std::string proc_root_;
   FakeClock clock_;
   std::shared_ptr<FakeEngine::Shared> shared_[2] = {std::make_shared<FakeEngine::Shared>(),
                                                     std::make_shared<FakeEngine::Shared>()};
@@ -258,6 +261,66 @@ TEST_F(SamplerTest, WorstDeviceStatePenalizes) {
   EXPECT_DOUBLE_EQ(f->node_wes().thermal_cost_pct(), 20.0);
   EXPECT_THAT(f->node_wes().power_scopes(),
               ::testing::ElementsAre(v1::POWER_SCOPE_CPU_PACKAGE, v1::POWER_SCOPE_DRAM));
+}
+
+DeviceReading NvidiaGpu(const std::string& id, uint64_t energy_uj,
+                        std::vector<GpuProcessReading> processes, double temp = 50) {
+  DeviceReading d;
+  d.id = id;
+  d.kind = v1::DEVICE_KIND_GPU_NVIDIA;
+  d.power_scope = v1::POWER_SCOPE_GPU_BOARD;
+  d.energy_uj = energy_uj;
+  d.temperature_c = temp;
+  d.slowdown_threshold_c = 90;
+  d.gpu_max_threshold_c = 85;
+  d.clocks_event_mask = 0;
+  d.processes = std::move(processes);
+  return d;
+}
+
+TEST_F(SamplerTest, GpuProcessListsPlaceTheEngineOnItsGpu) {
+  // A fake procfs: engine "a" (http://fake/a, port 80) listens in pid 100; its child 101 holds
+  // memory on gpu0. gpu1 serves someone else and runs hot.
+  std::string tmpl = (std::filesystem::temp_directory_path() / "fleetwes-proc-XXXXXX").string();
+  ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+  proc_root_ = tmpl;
+  namespace fs = std::filesystem;
+  fs::create_directories(tmpl + "/proc/net");
+  std::ofstream(tmpl + "/proc/net/tcp")
+      << "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+         "timeout inode\n"
+         "   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0    "
+         "    0 777 1 0000000000000000 100 0 0 10 0\n";
+  for (auto [pid, ppid] : {std::pair{100, 1}, std::pair{101, 100}, std::pair{300, 1}}) {
+    fs::create_directories(tmpl + "/proc/" + std::to_string(pid) + "/fd");
+    std::ofstream(tmpl + "/proc/" + std::to_string(pid) + "/stat")
+        << pid << " (x) S " << ppid << " 0 0\n";
+  }
+  fs::create_symlink("socket:[777]", tmpl + "/proc/100/fd/5");
+
+  auto sampler = Make(1);
+  auto gpus = [&](uint64_t e0, uint64_t e1) {
+    hw_->devices = {Package(e0), NvidiaGpu("gpu0", e0, {{101, 20'000'000'000}}),
+                    NvidiaGpu("gpu1", e1, {{300, 1'000}}, 95)};
+  };
+  gpus(0, 0);
+  SetEngine(0, Engine("m", 0));
+  sampler->Tick();
+  clock_.Advance(absl::Seconds(2));
+  gpus(400'000'000, 600'000'000);  // gpu0 200 W, gpu1 300 W, package 200 W
+  SetEngine(0, Engine("m", 100));
+  std::optional<v1::Frame> f = sampler->Tick();
+  fs::remove_all(tmpl);
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->thermal_state(), v1::THERMAL_STATE_CRITICAL);  // gpu1
+  const v1::ModelSample& m = f->models(0);
+  EXPECT_DOUBLE_EQ(m.watts_attributed(), 200.0);  // gpu0 only
+  EXPECT_THAT(m.wes().power_scopes(), ::testing::ElementsAre(v1::POWER_SCOPE_GPU_BOARD));
+  EXPECT_EQ(m.wes().thermal_state(), v1::THERMAL_STATE_NORMAL);  // its own GPU's state
+  EXPECT_DOUBLE_EQ(m.wes().raw(), 50.0 / (200.0 * 1.5));
+  // The node keeps all tokens over all energy.
+  EXPECT_DOUBLE_EQ(f->node_wes().watts(), 700.0);
+  EXPECT_EQ(f->node_wes().thermal_state(), v1::THERMAL_STATE_CRITICAL);
 }
 
 TEST_F(SamplerTest, UnavailableEngineThenNoBaseline) {
