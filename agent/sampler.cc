@@ -150,7 +150,7 @@ uint64_t Sampler::engine_reads_given_up() const {
   return reads_given_up_;
 }
 
-std::optional<v1::Frame> Sampler::Tick() {
+std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
   const absl::Time now = clock_->Now();
 
   // Engines read concurrently on their own threads while the hardware is read here.
@@ -184,6 +184,7 @@ std::optional<v1::Frame> Sampler::Tick() {
   std::optional<v1::Frame> frame;
   if (last_tick_.has_value() && now > *last_tick_) {
     frame = BuildFrame(*last_tick_, now, readings, hw);
+    if (cadence.has_value()) frame->set_interval_s(absl::ToDoubleSeconds(*cadence));
   } else if (last_tick_.has_value()) {
     Logger("sampler")->warn("node {}: clock did not advance ({} -> {}); restarting baselines",
                             options_.node_id, absl::FormatTime(*last_tick_), absl::FormatTime(now));
@@ -396,8 +397,52 @@ v1::Hello Sampler::Hello() const {
   return h;
 }
 
-SamplerLoop::SamplerLoop(Sampler* sampler, Clock* clock, absl::Duration interval, FrameSink sink)
-    : sampler_(sampler), clock_(clock), interval_(interval), sink_(std::move(sink)) {}
+Cadence::Cadence(absl::Duration base, absl::Duration max)
+    : base_(std::max(base, kMinInterval)), max_(std::max(max, base_)), current_(base_) {}
+
+absl::Duration Cadence::Next(const v1::Frame& frame) {
+  double tps = 0;
+  bool busy = false;
+  for (const v1::ModelSample& m : frame.models()) {
+    if (m.has_decode_tokens_per_s() && std::isfinite(m.decode_tokens_per_s())) {
+      tps += m.decode_tokens_per_s();
+    }
+    busy = busy || m.decode_tokens() > 0 || m.requests_running() > 0 || m.requests_waiting() > 0;
+  }
+  busy = busy || tps > 0;
+  std::map<std::string, v1::ThermalState> states;
+  bool thermal_change = false;
+  for (const v1::Device& d : frame.devices()) {
+    states[d.id()] = d.thermal_state();
+    auto it = previous_states_.find(d.id());
+    thermal_change =
+        thermal_change || (it != previous_states_.end() && it->second != d.thermal_state());
+  }
+  const double scale = std::max(tps, previous_tps_);
+  const bool tps_change =
+      have_previous_ && scale > 0 && std::abs(tps - previous_tps_) > kSharpChange * scale;
+  have_previous_ = true;
+  previous_tps_ = tps;
+  previous_states_ = std::move(states);
+
+  if (thermal_change || tps_change) {
+    calm_ = 0;
+    current_ = std::max(kMinInterval, std::min(current_, base_) / 2);
+  } else if (!busy) {
+    calm_ = 0;
+    current_ = current_ < base_ ? base_ : std::min(max_, current_ * 2);
+  } else if (current_ > base_) {
+    current_ = base_;
+  } else if (current_ < base_ && ++calm_ >= kCalmWindows) {
+    calm_ = 0;
+    current_ = base_;
+  }
+  return current_;
+}
+
+SamplerLoop::SamplerLoop(Sampler* sampler, Clock* clock, absl::Duration interval, FrameSink sink,
+                         absl::Duration max_interval)
+    : sampler_(sampler), clock_(clock), cadence_(interval, max_interval), sink_(std::move(sink)) {}
 
 SamplerLoop::~SamplerLoop() { Stop(); }
 
@@ -413,16 +458,26 @@ void SamplerLoop::Stop() {
 
 void SamplerLoop::Run() {
   absl::Time next = clock_->Now();
+  absl::Duration interval = cadence_.current();  // the cadence of the window ending next
   while (!stop_.HasBeenNotified()) {
-    std::optional<v1::Frame> frame = sampler_->Tick();
-    if (frame.has_value()) sink_(*std::move(frame));
-    next += interval_;
+    std::optional<v1::Frame> frame = sampler_->Tick(interval);
+    if (frame.has_value()) {
+      absl::Duration before = interval;
+      interval = cadence_.Next(*frame);
+      if (interval != before) {
+        Logger("sampler")->debug("node {}: cadence {} -> {} after seq {}",
+                                 sampler_->options().node_id, absl::FormatDuration(before),
+                                 absl::FormatDuration(interval), frame->seq());
+      }
+      sink_(*std::move(frame));
+    }
+    next += interval;
     const absl::Time now = clock_->Now();
     if (next <= now) {
-      int64_t missed = (now - next) / interval_ + 1;
+      int64_t missed = (now - next) / interval + 1;
       Logger("sampler")->warn("node {}: tick overran; skipping {} tick(s)",
                               sampler_->options().node_id, missed);
-      next += interval_ * missed;
+      next += interval * missed;
     }
     if (clock_->WaitUntil(next, &stop_)) break;
   }

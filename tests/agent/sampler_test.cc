@@ -323,6 +323,136 @@ TEST_F(SamplerTest, GpuProcessListsPlaceTheEngineOnItsGpu) {
   EXPECT_EQ(f->node_wes().thermal_state(), v1::THERMAL_STATE_CRITICAL);
 }
 
+// Runs a SamplerLoop under the fake clock and collects its frames.
+class LoopHarness {
+ public:
+  LoopHarness(Sampler* sampler, FakeClock* clock, absl::Duration interval, absl::Duration max)
+      : clock_(clock),
+        loop_(
+            sampler, clock, interval,
+            [this](v1::Frame f) {
+              absl::MutexLock lock(&mu_);
+              frames_.push_back(std::move(f));
+            },
+            max) {
+    loop_.Start();
+    WaitParked(0);
+  }
+  ~LoopHarness() { loop_.Stop(); }
+  // Advances the clock by `d` and waits (real time, bounded) for the loop to deliver one more
+  // frame and park again. Returns that frame.
+  v1::Frame Step(absl::Duration d) {
+    size_t want;
+    {
+      absl::MutexLock lock(&mu_);
+      want = frames_.size() + 1;
+    }
+    clock_->Advance(d);
+    WaitParked(want);
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(frames_.size(), want);
+    return frames_.empty() ? v1::Frame() : frames_.back();
+  }
+
+ private:
+  void WaitParked(size_t frames) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (frames_.size() >= frames && clock_->waiters() == 1) return;
+      }
+      absl::SleepFor(absl::Milliseconds(1));  // polling a real thread, bounded by the deadline
+    }
+    ADD_FAILURE() << "the loop did not deliver frame " << frames;
+  }
+
+  FakeClock* clock_;
+  absl::Mutex mu_;
+  std::vector<v1::Frame> frames_ ABSL_GUARDED_BY(mu_);
+  SamplerLoop loop_;
+};
+
+double Seconds(const v1::Frame& f) {
+  return absl::ToDoubleSeconds(ToTime(f.window_end()) - ToTime(f.window_start()));
+}
+
+TEST_F(SamplerTest, CadenceCalmThenIdleBackoffWithHeartbeat) {
+  auto sampler = Make(1);
+  SetEngine(0, Engine("m", 0));
+  LoopHarness loop(sampler.get(), &clock_, absl::Seconds(2), absl::Seconds(30));
+  std::vector<v1::Frame> frames;
+  double tokens = 0;
+  for (int i = 0; i < 3; ++i) {  // calm: 100 tok/s at the base cadence
+    tokens += 200;
+    SetEngine(0, Engine("m", tokens));
+    frames.push_back(loop.Step(absl::Seconds(2)));
+    EXPECT_EQ(frames.back().interval_s(), 2.0);
+  }
+  // Traffic stops: the drop is a sharp change (one fast window), then idle backoff to 30 s,
+  // where a heartbeat frame keeps coming every 30 s.
+  for (double expected : {2.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0}) {
+    frames.push_back(loop.Step(absl::Seconds(expected)));
+    EXPECT_EQ(frames.back().interval_s(), expected);
+    EXPECT_DOUBLE_EQ(Seconds(frames.back()), expected);
+  }
+  // Traffic again: fast, then back to base after three calm windows.
+  tokens += 3000;
+  SetEngine(0, Engine("m", tokens));
+  frames.push_back(loop.Step(absl::Seconds(30)));
+  for (double expected : {1.0, 1.0, 1.0, 2.0}) {
+    tokens += 100 * expected;
+    SetEngine(0, Engine("m", tokens));
+    frames.push_back(loop.Step(absl::Seconds(expected)));
+    EXPECT_EQ(frames.back().interval_s(), expected);
+  }
+  for (size_t i = 1; i < frames.size(); ++i) {
+    EXPECT_EQ(ToTime(frames[i].window_start()), ToTime(frames[i - 1].window_end())) << i;
+    EXPECT_EQ(frames[i].seq(), frames[i - 1].seq() + 1);
+  }
+}
+
+TEST_F(SamplerTest, CadenceThermalChangeGoesFastThenBackToBase) {
+  auto sampler = Make(1);
+  DeviceReading pkg = Package(0);
+  thermal::CpuReading zone;
+  zone.temperature_c = 60;
+  zone.trips = {{thermal::TripType::kPassive, 95}};
+  pkg.cpu_zones = {zone};
+  hw_->devices = {pkg};
+  double tokens = 0;
+  SetEngine(0, Engine("m", tokens));
+  LoopHarness loop(sampler.get(), &clock_, absl::Seconds(2), absl::Seconds(30));
+  auto step = [&](double seconds) {
+    tokens += 50 * seconds;  // a steady 50 tok/s
+    SetEngine(0, Engine("m", tokens));
+    return loop.Step(absl::Seconds(seconds));
+  };
+  EXPECT_EQ(step(2).interval_s(), 2.0);
+  EXPECT_EQ(step(2).interval_s(), 2.0);
+  pkg.cpu_zones[0].temperature_c = 96;  // passive trip crossed: Serious
+  hw_->devices = {pkg};
+  v1::Frame hot = step(2);
+  EXPECT_EQ(hot.thermal_state(), v1::THERMAL_STATE_SERIOUS);
+  EXPECT_EQ(hot.interval_s(), 2.0);
+  pkg.cpu_zones[0].temperature_c = 92;  // Fair: still changing
+  hw_->devices = {pkg};
+  EXPECT_EQ(step(1).interval_s(), 1.0);
+  EXPECT_EQ(step(0.5).interval_s(), 0.5);  // steady Fair from here on
+  EXPECT_EQ(step(0.5).interval_s(), 0.5);
+  EXPECT_EQ(step(0.5).interval_s(), 0.5);
+  EXPECT_EQ(step(2).interval_s(), 2.0);  // three calm windows: back to base
+  EXPECT_EQ(step(2).interval_s(), 2.0);
+}
+
+TEST(CadenceTest, LimitsAndMaxNotBelowBase) {
+  Cadence c(absl::Seconds(45), absl::Seconds(30));
+  v1::Frame idle;
+  EXPECT_EQ(c.Next(idle), absl::Seconds(45));  // max raised to base: nothing slower
+  Cadence fast(absl::Milliseconds(100), absl::Seconds(1));
+  EXPECT_EQ(fast.current(), Cadence::kMinInterval);
+}
+
 TEST_F(SamplerTest, UnavailableEngineThenNoBaseline) {
   auto sampler = Make(1);
   SetEngine(0, Engine("m", 0));
