@@ -1,7 +1,8 @@
 // The sampler: one tick reads every collector, turns the readings into the window since the
 // previous tick (agent/window.h), attributes energy to models and computes WES (common/wes.h),
 // and yields one v1::Frame per window. Time comes from the injected Clock: a window is exactly
-// [previous tick, this tick]. SamplerLoop runs ticks at a fixed cadence on its own thread.
+// [previous tick, this tick]. SamplerLoop runs ticks on its own thread at an adaptive cadence
+// (Cadence).
 #ifndef FLEETWES_AGENT_SAMPLER_H_
 #define FLEETWES_AGENT_SAMPLER_H_
 
