@@ -46,6 +46,7 @@ std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot
   options.interval = config.interval;
   options.pue = config.pue;
   options.penalties = config.thermal_penalties;
+  options.proc_root = config.hardware.root;
   std::vector<std::unique_ptr<HardwareCollector>> hardware;
   hardware.push_back(std::make_unique<LinuxHwCollector>(config.hardware.root));
   if (config.hardware.nvml) {
@@ -129,14 +130,16 @@ Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
   uplink_ = std::make_unique<Uplink>(
       std::move(options), boot_id_, queue_, [sampler] { return sampler->Hello(); }, clock);
   // The uplink starts with the first frame, so its Hello carries the device inventory.
-  loop_ =
-      std::make_unique<SamplerLoop>(sampler_.get(), clock, config.interval, [this](v1::Frame f) {
+  loop_ = std::make_unique<SamplerLoop>(
+      sampler_.get(), clock, config.interval,
+      [this](v1::Frame f) {
         uplink_->Enqueue(std::move(f));
         std::call_once(uplink_started_, [this] {
           uplink_->Start();
           for (auto& replay : replay_uplinks_) replay->Start();
         });
-      });
+      },
+      config.max_interval);
 }
 
 Agent::~Agent() { Stop(); }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <set>
@@ -183,6 +184,14 @@ absl::StatusOr<AgentConfig> ParseRoot(YAML::Node node) {
   if (cfg.interval < absl::Milliseconds(500) || cfg.interval > absl::Seconds(60)) {
     return r.Error("interval", absl::StrCat("must be between 0.5s and 60s, got ",
                                             absl::FormatDuration(cfg.interval)));
+  }
+  const bool max_interval_given = r.Has("max_interval");
+  if (absl::Status s = r.ReadDuration("max_interval", &cfg.max_interval); !s.ok()) return s;
+  if (!max_interval_given) cfg.max_interval = std::max(cfg.max_interval, cfg.interval);
+  if (cfg.max_interval < cfg.interval || cfg.max_interval > absl::Minutes(10)) {
+    return r.Error("max_interval",
+                   absl::StrCat("must be between interval (", absl::FormatDuration(cfg.interval),
+                                ") and 10m, got ", absl::FormatDuration(cfg.max_interval)));
   }
 
   if (absl::Status s = r.Read("pue", &cfg.pue); !s.ok()) return s;

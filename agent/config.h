@@ -62,6 +62,10 @@ struct AgentConfig {
   std::vector<std::string> aggregators = {"localhost:7470"};
   // Default 2s; 0.5s..60s. The sampler's cadence (one frame per interval).
   absl::Duration interval = absl::Seconds(2);
+  // Default 30s (or `interval` when that is longer); interval..10m. The slowest cadence while
+  // the node is idle: the interval doubles up to it, so a frame still goes out at least this
+  // often (docs/agent.md, "Cadence").
+  absl::Duration max_interval = absl::Seconds(30);
   // Default 1.0; 1.0..3.0. Power usage effectiveness folded into every WES.
   double pue = 1.0;
   // Defaults 1.0 / 1.25 / 1.75 / 2.0; each 1.0..10, non-decreasing from normal to critical.

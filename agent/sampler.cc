@@ -7,6 +7,8 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "agent/attribution.h"
+#include "agent/collectors/engine_process.h"
 #include "agent/window.h"
 #include "common/logging.h"
 #include "common/version.h"
@@ -148,7 +150,7 @@ uint64_t Sampler::engine_reads_given_up() const {
   return reads_given_up_;
 }
 
-std::optional<v1::Frame> Sampler::Tick() {
+std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
   const absl::Time now = clock_->Now();
 
   // Engines read concurrently on their own threads while the hardware is read here.
@@ -182,6 +184,7 @@ std::optional<v1::Frame> Sampler::Tick() {
   std::optional<v1::Frame> frame;
   if (last_tick_.has_value() && now > *last_tick_) {
     frame = BuildFrame(*last_tick_, now, readings, hw);
+    if (cadence.has_value()) frame->set_interval_s(absl::ToDoubleSeconds(*cadence));
   } else if (last_tick_.has_value()) {
     Logger("sampler")->warn("node {}: clock did not advance ({} -> {}); restarting baselines",
                             options_.node_id, absl::FormatTime(*last_tick_), absl::FormatTime(now));
@@ -262,7 +265,8 @@ v1::Frame Sampler::BuildFrame(absl::Time start, absl::Time end,
   std::optional<double> watts;
   if (have_energy) watts = energy_j / seconds;
 
-  // Engines and their models.
+  // Engines and their models; model_engine[k] is the engine of models(k).
+  std::vector<size_t> model_engine;
   for (size_t i = 0; i < engines_.size(); ++i) {
     const EngineCollector& c = engines_[i].worker->collector();
     const EngineReading& r = now[i];
@@ -277,40 +281,72 @@ v1::Frame Sampler::BuildFrame(absl::Time start, absl::Time end,
     for (const ModelReading& m : r.models) {
       *f.add_models() =
           ModelWindow(c.engine_id(), c.kind(), FindModel(engines_[i].baseline, m.model), m, dt);
+      model_engine.push_back(i);
     }
   }
 
-  // Energy attribution: the window's energy goes to the models that generated tokens, by VRAM
-  // share when every one of them reports VRAM, else equally (docs/wes.md).
-  std::vector<v1::ModelSample*> generating;
-  for (v1::ModelSample& m : *f.mutable_models()) {
-    if (m.has_decode_tokens_per_s() && m.decode_tokens_per_s() > 0) generating.push_back(&m);
+  // Energy attribution (agent/attribution.h): models are placed on GPUs by the GPUs' process
+  // lists when the engine's processes are known, else by what they report.
+  bool gpu_lists = false;
+  bool every_gpu_lists = true;
+  for (const DeviceReading& d : hw.devices) {
+    if (d.kind != v1::DEVICE_KIND_GPU_NVIDIA && d.kind != v1::DEVICE_KIND_GPU_AMD) continue;
+    gpu_lists = gpu_lists || d.processes.has_value();
+    every_gpu_lists = every_gpu_lists && d.processes.has_value();
   }
-  if (watts.has_value() && !generating.empty()) {
-    double vram_total = 0;
-    bool all_vram = true;
-    for (const v1::ModelSample* m : generating) {
-      all_vram = all_vram && m->has_vram_bytes() && m->vram_bytes() > 0;
-      if (m->has_vram_bytes()) vram_total += static_cast<double>(m->vram_bytes());
+  std::vector<const v1::ModelSample*> models;
+  std::vector<ModelPlacement> placements;
+  for (int k = 0; k < f.models_size(); ++k) {
+    models.push_back(&f.models(k));
+    ModelPlacement& p = placements.emplace_back();
+    if (!gpu_lists || !ModelActive(f.models(k))) continue;
+    const size_t e = model_engine[static_cast<size_t>(k)];
+    const std::optional<std::set<int64_t>>& pids = EnginePids(&engines_[e], end);
+    if (!pids.has_value()) continue;
+    const bool single_model = now[e].models.size() == 1;
+    for (const DeviceReading& d : hw.devices) {
+      if (!d.processes.has_value()) continue;
+      bool present = false;
+      bool bytes_known = true;
+      uint64_t bytes = 0;
+      for (const GpuProcessReading& proc : *d.processes) {
+        if (pids->count(proc.pid) == 0) continue;
+        present = true;
+        if (proc.used_bytes.has_value()) {
+          bytes += *proc.used_bytes;
+        } else {
+          bytes_known = false;
+        }
+      }
+      if (!present) continue;
+      p.gpu_memory[d.id] =
+          single_model && bytes_known ? std::optional<uint64_t>(bytes) : std::nullopt;
     }
-    for (v1::ModelSample* m : generating) {
-      double share = all_vram && vram_total > 0 ? static_cast<double>(m->vram_bytes()) / vram_total
-                                                : 1.0 / static_cast<double>(generating.size());
-      m->set_watts_attributed(*watts * share);
-    }
+    p.no_gpu_memory = p.gpu_memory.empty() && every_gpu_lists;
   }
+  std::vector<std::optional<ModelEnergy>> energy =
+      AttributeEnergy({f.devices().begin(), f.devices().end()}, seconds, models, placements);
 
   std::optional<double> node_tps;
-  for (v1::ModelSample& m : *f.mutable_models()) {
+  for (int k = 0; k < f.models_size(); ++k) {
+    v1::ModelSample& m = *f.mutable_models(k);
+    const std::optional<ModelEnergy>& share = energy[static_cast<size_t>(k)];
     WesInputs in;
     if (m.has_decode_tokens_per_s()) {
       in.tokens_per_s = m.decode_tokens_per_s();
       node_tps = node_tps.value_or(0) + m.decode_tokens_per_s();
     }
-    if (m.has_watts_attributed()) in.watts = m.watts_attributed();
     in.pue = options_.pue;
     in.thermal_state = state;
     in.power_scopes = scopes;
+    if (share.has_value()) {
+      m.set_watts_attributed(share->watts);
+      in.watts = share->watts;
+      in.power_scopes = share->scopes;
+      if (share->thermal_state != v1::THERMAL_STATE_UNSPECIFIED) {
+        in.thermal_state = share->thermal_state;
+      }
+    }
     *m.mutable_wes() = ComputeWes(in, options_.penalties);
   }
   WesInputs node;
@@ -321,6 +357,31 @@ v1::Frame Sampler::BuildFrame(absl::Time start, absl::Time end,
   node.power_scopes = scopes;
   *f.mutable_node_wes() = ComputeWes(node, options_.penalties);
   return f;
+}
+
+const std::optional<std::set<int64_t>>& Sampler::EnginePids(EngineState* e, absl::Time now) {
+  if (options_.proc_root.empty()) return e->pids;
+  if (e->pids_checked.has_value() && now >= *e->pids_checked &&
+      now - *e->pids_checked < options_.process_refresh) {
+    return e->pids;
+  }
+  const bool first = !e->pids_checked.has_value();
+  e->pids_checked = now;
+  const EngineCollector& c = e->worker->collector();
+  absl::StatusOr<int> port = EnginePort(c.endpoint());
+  absl::StatusOr<std::set<int64_t>> pids =
+      port.ok() ? EngineProcesses(options_.proc_root, *port) : port.status();
+  if (pids.ok()) {
+    e->pids = *std::move(pids);
+  } else {
+    if (e->pids.has_value() || first) {
+      Logger("sampler")->info("node {}: engine {}: processes unknown ({}); models placed by VRAM",
+                              options_.node_id, c.engine_id(),
+                              std::string(pids.status().message()));
+    }
+    e->pids.reset();
+  }
+  return e->pids;
 }
 
 v1::Hello Sampler::Hello() const {
@@ -336,8 +397,52 @@ v1::Hello Sampler::Hello() const {
   return h;
 }
 
-SamplerLoop::SamplerLoop(Sampler* sampler, Clock* clock, absl::Duration interval, FrameSink sink)
-    : sampler_(sampler), clock_(clock), interval_(interval), sink_(std::move(sink)) {}
+Cadence::Cadence(absl::Duration base, absl::Duration max)
+    : base_(std::max(base, kMinInterval)), max_(std::max(max, base_)), current_(base_) {}
+
+absl::Duration Cadence::Next(const v1::Frame& frame) {
+  double tps = 0;
+  bool busy = false;
+  for (const v1::ModelSample& m : frame.models()) {
+    if (m.has_decode_tokens_per_s() && std::isfinite(m.decode_tokens_per_s())) {
+      tps += m.decode_tokens_per_s();
+    }
+    busy = busy || m.decode_tokens() > 0 || m.requests_running() > 0 || m.requests_waiting() > 0;
+  }
+  busy = busy || tps > 0;
+  std::map<std::string, v1::ThermalState> states;
+  bool thermal_change = false;
+  for (const v1::Device& d : frame.devices()) {
+    states[d.id()] = d.thermal_state();
+    auto it = previous_states_.find(d.id());
+    thermal_change =
+        thermal_change || (it != previous_states_.end() && it->second != d.thermal_state());
+  }
+  const double scale = std::max(tps, previous_tps_);
+  const bool tps_change =
+      have_previous_ && scale > 0 && std::abs(tps - previous_tps_) > kSharpChange * scale;
+  have_previous_ = true;
+  previous_tps_ = tps;
+  previous_states_ = std::move(states);
+
+  if (thermal_change || tps_change) {
+    calm_ = 0;
+    current_ = std::max(kMinInterval, std::min(current_, base_) / 2);
+  } else if (!busy) {
+    calm_ = 0;
+    current_ = current_ < base_ ? base_ : std::min(max_, current_ * 2);
+  } else if (current_ > base_) {
+    current_ = base_;
+  } else if (current_ < base_ && ++calm_ >= kCalmWindows) {
+    calm_ = 0;
+    current_ = base_;
+  }
+  return current_;
+}
+
+SamplerLoop::SamplerLoop(Sampler* sampler, Clock* clock, absl::Duration interval, FrameSink sink,
+                         absl::Duration max_interval)
+    : sampler_(sampler), clock_(clock), cadence_(interval, max_interval), sink_(std::move(sink)) {}
 
 SamplerLoop::~SamplerLoop() { Stop(); }
 
@@ -353,16 +458,26 @@ void SamplerLoop::Stop() {
 
 void SamplerLoop::Run() {
   absl::Time next = clock_->Now();
+  absl::Duration interval = cadence_.current();  // the cadence of the window ending next
   while (!stop_.HasBeenNotified()) {
-    std::optional<v1::Frame> frame = sampler_->Tick();
-    if (frame.has_value()) sink_(*std::move(frame));
-    next += interval_;
+    std::optional<v1::Frame> frame = sampler_->Tick(interval);
+    if (frame.has_value()) {
+      absl::Duration before = interval;
+      interval = cadence_.Next(*frame);
+      if (interval != before) {
+        Logger("sampler")->debug("node {}: cadence {} -> {} after seq {}",
+                                 sampler_->options().node_id, absl::FormatDuration(before),
+                                 absl::FormatDuration(interval), frame->seq());
+      }
+      sink_(*std::move(frame));
+    }
+    next += interval;
     const absl::Time now = clock_->Now();
     if (next <= now) {
-      int64_t missed = (now - next) / interval_ + 1;
+      int64_t missed = (now - next) / interval + 1;
       Logger("sampler")->warn("node {}: tick overran; skipping {} tick(s)",
                               sampler_->options().node_id, missed);
-      next += interval_ * missed;
+      next += interval * missed;
     }
     if (clock_->WaitUntil(next, &stop_)) break;
   }

@@ -235,6 +235,14 @@ HardwareWindow ComputeHardwareWindow(const HardwareReading* prev, const Hardware
       out.set_thermal_state(thermal::NvidiaState(r));
     }
 
+    if (d.kind == v1::DEVICE_KIND_GPU_AMD && !d.amd_sensors.empty()) {
+      v1::ThermalState state = v1::THERMAL_STATE_UNSPECIFIED;
+      for (const thermal::AmdReading& sensor : d.amd_sensors) {
+        state = WorstThermalState(state, thermal::AmdState(sensor));
+      }
+      out.set_thermal_state(state);
+    }
+
     if (d.kind == v1::DEVICE_KIND_CPU &&
         (!d.cpu_zones.empty() || d.throttle_events_total.has_value())) {
       bool throttled = before != nullptr && before->throttle_events_total.has_value() &&
@@ -271,6 +279,15 @@ HardwareWindow ComputeHardwareWindow(const HardwareReading* prev, const Hardware
       sys.set_swap_out_pages_per_s(static_cast<double>(d) / seconds);
       swapping = swapping || d > 0;
     }
+  }
+  if (prev != nullptr && prev->system.cpu_busy_ticks_total.has_value() &&
+      prev->system.cpu_all_ticks_total.has_value() && s.cpu_busy_ticks_total.has_value() &&
+      s.cpu_all_ticks_total.has_value() &&
+      *s.cpu_busy_ticks_total >= *prev->system.cpu_busy_ticks_total &&
+      *s.cpu_all_ticks_total > *prev->system.cpu_all_ticks_total) {
+    const uint64_t busy = *s.cpu_busy_ticks_total - *prev->system.cpu_busy_ticks_total;
+    const uint64_t all = *s.cpu_all_ticks_total - *prev->system.cpu_all_ticks_total;
+    if (busy <= all) sys.set_cpu_busy(static_cast<double>(busy) / static_cast<double>(all));
   }
   if (s.memory_pressure_some_avg10.has_value()) {
     sys.set_memory_pressure_some_avg10(*s.memory_pressure_some_avg10);

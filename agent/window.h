@@ -28,6 +28,8 @@ struct HardwareWindow {
 // Devices and memory state over a window of length `dt` (> 0). `prev` is the reading at the
 // start of the window or null. Energy: Δenergy_uj, plus max_energy_range_uj when the counter
 // wrapped; a device without a baseline or with an implausible delta has no energy or power.
+// Thermal state per vendor (common/thermal.h): NVIDIA, Linux CPU zones and throttle counters,
+// AMD sensors (worst sensor). CPU busy = Δbusy ÷ Δall ticks of /proc/stat.
 HardwareWindow ComputeHardwareWindow(const HardwareReading* prev, const HardwareReading& cur,
                                      absl::Duration dt);
 

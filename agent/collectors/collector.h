@@ -75,7 +75,13 @@ class EngineCollector {
   virtual EngineReading Read() = 0;
 };
 
-// One power/thermal device as read: a CPU package, a DRAM domain, later a GPU.
+// A process holding memory on a GPU (NVML compute processes). Host pid as the driver reports it.
+struct GpuProcessReading {
+  int64_t pid = 0;
+  std::optional<uint64_t> used_bytes;  // absent when the driver does not report it
+};
+
+// One power/thermal device as read: a CPU package, a DRAM domain, a GPU.
 struct DeviceReading {
   std::string id;  // stable within the node, e.g. "package-0", "dram-0"
   v1::DeviceKind kind = v1::DEVICE_KIND_UNSPECIFIED;
@@ -100,6 +106,10 @@ struct DeviceReading {
   std::optional<double> gpu_max_threshold_c;
   std::optional<uint64_t> memory_used_bytes;
   std::optional<uint64_t> memory_total_bytes;
+  // AMD GPUs (amdgpu hwmon): each temperature sensor (edge, junction, mem) with its own limits.
+  std::vector<thermal::AmdReading> amd_sensors;
+  // GPU compute processes; nullopt when the source cannot list them (not the same as none).
+  std::optional<std::vector<GpuProcessReading>> processes;
   std::string unavailable_reason;  // set when the device exists but could not be read
 };
 
@@ -110,6 +120,10 @@ struct SystemReading {
   std::optional<double> memory_pressure_some_avg10;
   std::optional<uint64_t> memory_total_bytes;
   std::optional<uint64_t> memory_available_bytes;
+  // /proc/stat aggregate "cpu" line in clock ticks: busy (user, nice, system, irq, softirq,
+  // steal) and total (busy + idle + iowait).
+  std::optional<uint64_t> cpu_busy_ticks_total;
+  std::optional<uint64_t> cpu_all_ticks_total;
 };
 
 struct HardwareReading {

@@ -68,6 +68,18 @@ std::optional<T> ParseNumber(absl::string_view s) {
   return value;
 }
 
+// Millidegrees Celsius within what a sensor can plausibly report; nullopt otherwise.
+std::optional<double> MilliCelsius(absl::string_view text) {
+  std::optional<int64_t> milli = ParseNumber<int64_t>(text);
+  if (!milli.has_value() || *milli < -100'000 || *milli > 250'000) return std::nullopt;
+  return static_cast<double>(*milli) / 1000.0;
+}
+
+// Upper bounds that separate readings from garbage.
+constexpr uint64_t kMaxGpuPowerUw = uint64_t{5'000} * 1'000'000;  // 5 kW
+constexpr double kMaxClockMhz = 100'000;
+constexpr uint64_t kMaxMemoryBytes = uint64_t{1} << 50;
+
 // Sorted directory entries whose name starts with `prefix`; empty when the directory is absent.
 std::vector<std::string> ListDir(const std::string& dir, absl::string_view prefix) {
   std::vector<std::string> names;
@@ -110,7 +122,10 @@ HardwareReading LinuxHwCollector::Read() {
   HardwareReading out;
   ReadRapl(&out);
   ReadCpuThermal(&out);
+  ReadCpuFreq(&out);
+  ReadAmdGpus(&out);
   ReadSystem(&out.system);
+  ReadProcStat(&out.system);
   return out;
 }
 
@@ -243,6 +258,234 @@ void LinuxHwCollector::ReadCpuThermal(HardwareReading* out) {
     d.throttle_events_total = throttle;
     d.unavailable_reason = "no RAPL energy counter";
     out->devices.push_back(std::move(d));
+  }
+}
+
+void LinuxHwCollector::ReadCpuFreq(HardwareReading* out) {
+  // Per CPU: current and maximum frequency (kHz) and the physical package it belongs to.
+  struct Cpu {
+    std::optional<int64_t> package;
+    std::optional<double> cur_mhz;
+    std::optional<double> max_mhz;
+  };
+  std::vector<Cpu> cpus;
+  const std::string cbase = absl::StrCat(root_, "/sys/devices/system/cpu");
+  for (const std::string& cpu : ListDir(cbase, "cpu")) {
+    if (cpu.size() <= 3 || !std::all_of(cpu.begin() + 3, cpu.end(), [](char c) {
+          return absl::ascii_isdigit(static_cast<unsigned char>(c));
+        })) {
+      continue;
+    }
+    const std::string dir = absl::StrCat(cbase, "/", cpu);
+    Cpu c;
+    auto khz = [&](const std::string& path) -> std::optional<double> {
+      File f = ReadFile(path);
+      if (!f.text.has_value()) return std::nullopt;
+      std::optional<uint64_t> v = ParseNumber<uint64_t>(*f.text);
+      if (!v.has_value() || *v == 0 || *v / 1000.0 > kMaxClockMhz) {
+        Bad(path, "not a frequency in kHz");
+        return std::nullopt;
+      }
+      return static_cast<double>(*v) / 1000.0;
+    };
+    c.cur_mhz = khz(dir + "/cpufreq/scaling_cur_freq");
+    c.max_mhz = khz(dir + "/cpufreq/cpuinfo_max_freq");
+    if (!c.cur_mhz.has_value() && !c.max_mhz.has_value()) continue;
+    File pkg = ReadFile(dir + "/topology/physical_package_id");
+    if (pkg.text.has_value()) c.package = ParseNumber<int64_t>(*pkg.text);
+    cpus.push_back(c);
+  }
+  if (cpus.empty()) return;
+
+  // Mean current clock and highest maximum over the CPUs of `package` (all CPUs when nullopt or
+  // when none is known to belong to it).
+  auto apply = [&cpus](std::optional<int64_t> package, DeviceReading* d) {
+    bool any_in_package =
+        package.has_value() &&
+        std::any_of(cpus.begin(), cpus.end(), [&](const Cpu& c) { return c.package == package; });
+    double sum = 0;
+    int n = 0;
+    std::optional<double> max;
+    for (const Cpu& c : cpus) {
+      if (any_in_package && c.package != package) continue;
+      if (c.cur_mhz.has_value()) {
+        sum += *c.cur_mhz;
+        ++n;
+      }
+      if (c.max_mhz.has_value() && (!max.has_value() || *c.max_mhz > *max)) max = c.max_mhz;
+    }
+    if (n > 0) d->clock_mhz = sum / n;
+    d->clock_max_mhz = max;
+  };
+  bool any_cpu = false;
+  for (DeviceReading& d : out->devices) {
+    if (d.kind != v1::DEVICE_KIND_CPU) continue;
+    any_cpu = true;
+    absl::string_view id = d.id;
+    int64_t package = 0;
+    if (absl::ConsumePrefix(&id, "package-") && absl::SimpleAtoi(id, &package)) {
+      apply(package, &d);
+    } else {
+      apply(std::nullopt, &d);
+    }
+  }
+  if (!any_cpu) {
+    DeviceReading d;
+    d.id = "cpu";
+    d.kind = v1::DEVICE_KIND_CPU;
+    d.name = "CPU";
+    d.power_scope = v1::POWER_SCOPE_CPU_PACKAGE;
+    d.unavailable_reason = "no RAPL energy counter";
+    apply(std::nullopt, &d);
+    out->devices.push_back(std::move(d));
+  }
+}
+
+void LinuxHwCollector::ReadAmdGpus(HardwareReading* out) {
+  struct Gpu {
+    std::string slot;  // PCI address of the hwmon's device, the stable order
+    DeviceReading d;
+  };
+  std::vector<Gpu> gpus;
+  const std::string hbase = absl::StrCat(root_, "/sys/class/hwmon");
+  for (const std::string& hwmon : ListDir(hbase, "hwmon")) {
+    const std::string dir = absl::StrCat(hbase, "/", hwmon);
+    File name = ReadFile(dir + "/name");
+    if (!name.text.has_value() || absl::StripAsciiWhitespace(*name.text) != "amdgpu") continue;
+    Gpu g;
+    DeviceReading& d = g.d;
+    d.kind = v1::DEVICE_KIND_GPU_AMD;
+    d.power_scope = v1::POWER_SCOPE_GPU_BOARD;
+    const std::string dev = dir + "/device";
+    std::error_code ec;
+    fs::path target = fs::canonical(dev, ec);
+    g.slot = ec ? hwmon : target.filename().string();
+
+    // Power in µW: the driver's average when it has one, else the instantaneous input.
+    for (const char* file : {"/power1_average", "/power1_input"}) {
+      File f = ReadFile(dir + file);
+      if (!f.text.has_value()) continue;
+      std::optional<uint64_t> uw = ParseNumber<uint64_t>(*f.text);
+      if (!uw.has_value() || *uw > kMaxGpuPowerUw) {
+        Bad(dir + file, "not a power in microwatts");
+        continue;
+      }
+      d.power_w = static_cast<double>(*uw) / 1e6;
+      break;
+    }
+    File energy = ReadFile(dir + "/energy1_input");
+    if (energy.text.has_value()) {
+      d.energy_uj = ParseNumber<uint64_t>(*energy.text);
+      if (!d.energy_uj.has_value()) Bad(dir + "/energy1_input", "not a number");
+    }
+
+    // temp1 edge, temp2 junction, temp3 mem: each judged against its own limits.
+    for (int k = 1; k <= 3; ++k) {
+      const std::string t = absl::StrCat(dir, "/temp", k);
+      File input = ReadFile(t + "_input");
+      if (!input.text.has_value()) continue;
+      thermal::AmdReading sensor;
+      sensor.temperature_c = MilliCelsius(*input.text);
+      if (!sensor.temperature_c.has_value()) {
+        Bad(t + "_input", "not a temperature in millidegrees");
+        continue;
+      }
+      for (auto [suffix, limit] :
+           {std::pair{"_crit", &sensor.crit_c}, std::pair{"_emergency", &sensor.emergency_c}}) {
+        File f = ReadFile(t + suffix);
+        if (!f.text.has_value()) continue;
+        *limit = MilliCelsius(*f.text);
+        if (!limit->has_value()) Bad(t + suffix, "not a temperature in millidegrees");
+      }
+      if (!d.temperature_c.has_value() || *sensor.temperature_c > *d.temperature_c) {
+        d.temperature_c = sensor.temperature_c;
+      }
+      d.amd_sensors.push_back(sensor);
+    }
+
+    // The PCI device: VRAM (bytes) and the shader clock levels ("1: 1800Mhz *", * = current).
+    std::optional<uint64_t> used, total;
+    for (auto [file, target_value] :
+         {std::pair{"/mem_info_vram_used", &used}, std::pair{"/mem_info_vram_total", &total}}) {
+      File f = ReadFile(dev + file);
+      if (!f.text.has_value()) continue;
+      *target_value = ParseNumber<uint64_t>(*f.text);
+      if (!target_value->has_value() || **target_value > kMaxMemoryBytes) {
+        Bad(dev + file, "not a byte count");
+        target_value->reset();
+      }
+    }
+    if (used.has_value() && total.has_value() && *used <= *total) {
+      d.memory_used_bytes = used;
+      d.memory_total_bytes = total;
+    } else if (total.has_value()) {
+      d.memory_total_bytes = total;
+    }
+    File sclk = ReadFile(dev + "/pp_dpm_sclk");
+    if (sclk.text.has_value()) {
+      bool garbage = false;
+      for (absl::string_view line : absl::StrSplit(*sclk.text, '\n', absl::SkipWhitespace())) {
+        std::pair<absl::string_view, absl::string_view> level = absl::StrSplit(line, ':');
+        absl::string_view value = absl::StripAsciiWhitespace(level.second);
+        bool current = absl::ConsumeSuffix(&value, "*");
+        value = absl::StripAsciiWhitespace(value);
+        if (!absl::ConsumeSuffix(&value, "Mhz") && !absl::ConsumeSuffix(&value, "MHz")) {
+          garbage = true;
+          continue;
+        }
+        std::optional<uint64_t> mhz = ParseNumber<uint64_t>(value);
+        if (!mhz.has_value() || *mhz > kMaxClockMhz) {
+          garbage = true;
+          continue;
+        }
+        const double v = static_cast<double>(*mhz);
+        if (current) d.clock_mhz = v;
+        if (!d.clock_max_mhz.has_value() || v > *d.clock_max_mhz) d.clock_max_mhz = v;
+      }
+      if (garbage) Bad(dev + "/pp_dpm_sclk", "unexpected line");
+    }
+    File product = ReadFile(dev + "/product_name");
+    std::string product_name =
+        product.text.has_value() ? std::string(absl::StripAsciiWhitespace(*product.text)) : "";
+    d.name = product_name.empty() ? absl::StrCat("AMD GPU ", g.slot) : product_name;
+    if (!d.power_w.has_value() && !d.energy_uj.has_value()) {
+      d.unavailable_reason = "no power1_average, power1_input or energy1_input";
+    }
+    gpus.push_back(std::move(g));
+  }
+  std::sort(gpus.begin(), gpus.end(), [](const Gpu& a, const Gpu& b) { return a.slot < b.slot; });
+  for (size_t i = 0; i < gpus.size(); ++i) {
+    gpus[i].d.id = absl::StrCat("amdgpu", i);
+    out->devices.push_back(std::move(gpus[i].d));
+  }
+}
+
+void LinuxHwCollector::ReadProcStat(SystemReading* out) {
+  const std::string path = absl::StrCat(root_, "/proc/stat");
+  File stat = ReadFile(path);
+  if (!stat.text.has_value()) return;
+  for (absl::string_view line : absl::StrSplit(*stat.text, '\n')) {
+    if (!absl::ConsumePrefix(&line, "cpu ")) continue;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already
+    // part of user and nice.
+    std::vector<absl::string_view> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (fields.size() < 8) {
+      Bad(path, "short cpu line");
+      return;
+    }
+    uint64_t busy = 0, all = 0;
+    for (size_t i = 0; i < 8; ++i) {
+      std::optional<uint64_t> v = ParseNumber<uint64_t>(fields[i]);
+      if (!v.has_value() || *v > (uint64_t{1} << 62)) {
+        Bad(path, "bad cpu line");
+        return;
+      }
+      all += *v;
+      if (i != 3 && i != 4) busy += *v;  // idle, iowait
+    }
+    out->cpu_busy_ticks_total = busy;
+    out->cpu_all_ticks_total = all;
+    return;
   }
 }
 

@@ -1,7 +1,9 @@
 // Hardware collector for Linux, reading sysfs and procfs under a configurable root (tests point
 // it at a fake tree): RAPL energy counters (powercap intel-rapl zones: packages and DRAM),
-// thermal zones with their trip points, CPU thermal throttle counters, swap counters, memory
-// pressure (PSI) and meminfo. Missing files are normal (containers, VMs, non-Intel hosts) and
+// thermal zones with their trip points, CPU thermal throttle counters, cpufreq clocks, AMD GPUs
+// (amdgpu hwmon: power, energy, temperatures with their limits, VRAM and shader clock through
+// the hwmon's device), swap counters, memory pressure (PSI), meminfo and /proc/stat CPU time.
+// Missing files are normal (containers, VMs, non-Intel hosts) and
 // simply leave values absent. Not thread-safe: one Read() at a time.
 #ifndef FLEETWES_AGENT_COLLECTORS_LINUX_HW_H_
 #define FLEETWES_AGENT_COLLECTORS_LINUX_HW_H_
@@ -30,6 +32,9 @@ class LinuxHwCollector final : public HardwareCollector {
  private:
   void ReadRapl(HardwareReading* out);
   void ReadCpuThermal(HardwareReading* out);
+  void ReadCpuFreq(HardwareReading* out);
+  void ReadAmdGpus(HardwareReading* out);
+  void ReadProcStat(SystemReading* out);
   void ReadSystem(SystemReading* out);
 
   // A file's contents (nullopt when missing); an unreadable file is reported via Bad().

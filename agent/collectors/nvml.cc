@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -41,6 +43,21 @@ constexpr unsigned int kMemoryV2Version =
     static_cast<unsigned int>(sizeof(nvmlMemory_v2_t)) | (2u << 24);
 
 constexpr unsigned kMaxGpus = 64;
+constexpr nvmlReturn_t NVML_ERROR_INSUFFICIENT_SIZE = 7;
+constexpr unsigned long long kValueNotAvailable = ~0ULL;  // NVML_VALUE_NOT_AVAILABLE
+constexpr unsigned kMaxProcesses = 1024;
+
+// nvmlProcessInfo_v1_t (unversioned call) and the four-field struct of the _v2/_v3 calls.
+struct nvmlProcessInfo_v1_t {
+  unsigned int pid;
+  unsigned long long usedGpuMemory;
+};
+struct nvmlProcessInfo_v2_t {
+  unsigned int pid;
+  unsigned long long usedGpuMemory;
+  unsigned int gpuInstanceId;
+  unsigned int computeInstanceId;
+};
 
 }  // namespace
 
@@ -55,6 +72,8 @@ class NvmlApi {
   using SensorFn = nvmlReturn_t (*)(nvmlDevice_t, unsigned, unsigned*);
   using MemFn = nvmlReturn_t (*)(nvmlDevice_t, nvmlMemory_t*);
   using MemV2Fn = nvmlReturn_t (*)(nvmlDevice_t, nvmlMemory_v2_t*);
+  using ProcV1Fn = nvmlReturn_t (*)(nvmlDevice_t, unsigned*, nvmlProcessInfo_v1_t*);
+  using ProcV2Fn = nvmlReturn_t (*)(nvmlDevice_t, unsigned*, nvmlProcessInfo_v2_t*);
 
   ~NvmlApi() {
     if (shutdown != nullptr) shutdown();
@@ -75,9 +94,33 @@ class NvmlApi {
   U64Fn event_reasons = nullptr;
   MemFn memory = nullptr;
   MemV2Fn memory_v2 = nullptr;
+  ProcV1Fn processes_v1 = nullptr;
+  ProcV2Fn processes_v2 = nullptr;
 };
 
 namespace {
+
+// Compute processes of one GPU through `fn` (a _v3/_v2 or the v1 entry point, with its struct);
+// nullopt when the call fails.
+template <typename Info, typename Fn>
+std::optional<std::vector<GpuProcessReading>> Processes(Fn fn, nvmlDevice_t dev) {
+  std::vector<Info> infos(64);
+  unsigned n = static_cast<unsigned>(infos.size());
+  nvmlReturn_t rc = fn(dev, &n, infos.data());
+  if (rc == NVML_ERROR_INSUFFICIENT_SIZE && n > infos.size() && n <= kMaxProcesses) {
+    infos.resize(n + 8);  // processes may start between the two calls
+    n = static_cast<unsigned>(infos.size());
+    rc = fn(dev, &n, infos.data());
+  }
+  if (rc != NVML_SUCCESS || n > infos.size()) return std::nullopt;
+  std::vector<GpuProcessReading> out;
+  for (unsigned i = 0; i < n; ++i) {
+    GpuProcessReading& p = out.emplace_back();
+    p.pid = infos[i].pid;
+    if (infos[i].usedGpuMemory != kValueNotAvailable) p.used_bytes = infos[i].usedGpuMemory;
+  }
+  return out;
+}
 
 template <typename Fn>
 Fn Symbol(void* handle, std::initializer_list<const char*> names) {
@@ -136,6 +179,10 @@ NvmlCollector::NvmlCollector(std::string library) {
       {"nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"});
   api->memory_v2 = Symbol<NvmlApi::MemV2Fn>(handle, {"nvmlDeviceGetMemoryInfo_v2"});
   api->memory = Symbol<NvmlApi::MemFn>(handle, {"nvmlDeviceGetMemoryInfo"});
+  api->processes_v2 = Symbol<NvmlApi::ProcV2Fn>(
+      handle,
+      {"nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"});
+  api->processes_v1 = Symbol<NvmlApi::ProcV1Fn>(handle, {"nvmlDeviceGetComputeRunningProcesses"});
   api_ = std::move(api);
   load_error_.clear();
 }
@@ -209,6 +256,11 @@ HardwareReading NvmlCollector::Read() {
         d.memory_used_bytes = m.used;
       }
     }
+    if (a.processes_v2 != nullptr) {
+      d.processes = Processes<nvmlProcessInfo_v2_t>(a.processes_v2, dev);
+    } else if (a.processes_v1 != nullptr) {
+      d.processes = Processes<nvmlProcessInfo_v1_t>(a.processes_v1, dev);
+    }
   }
   return out;
 }
@@ -226,7 +278,7 @@ HardwareReading CombinedHardwareCollector::Read() {
     const SystemReading& s = r.system;
     bool has_system = s.swap_in_pages_total || s.swap_out_pages_total ||
                       s.memory_pressure_some_avg10 || s.memory_total_bytes ||
-                      s.memory_available_bytes;
+                      s.memory_available_bytes || s.cpu_all_ticks_total;
     if (!system_set && has_system) {
       out.system = r.system;
       system_set = true;

@@ -6,8 +6,9 @@
 // nvmlDeviceGetMemoryInfo, nvmlDeviceGetCurrentClocksEventReasons ->
 // nvmlDeviceGetCurrentClocksThrottleReasons). Every GPU is read: power, total energy (mJ),
 // temperature with its SLOWDOWN and GPU_MAX thresholds, clocks (graphics, current and max),
-// the clocks-event reasons mask, memory. A call a GPU does not support leaves its value absent.
-// Not thread-safe: one Read() at a time.
+// the clocks-event reasons mask, memory, and the compute processes with the GPU memory each
+// holds (nvmlDeviceGetComputeRunningProcesses_v3 -> _v2 -> unversioned). A call a GPU does not
+// support leaves its value absent. Not thread-safe: one Read() at a time.
 #ifndef FLEETWES_AGENT_COLLECTORS_NVML_H_
 #define FLEETWES_AGENT_COLLECTORS_NVML_H_
 

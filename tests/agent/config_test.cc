@@ -35,6 +35,7 @@ TEST(ConfigTest, EmptyDocumentGivesDefaults) {
   EXPECT_TRUE(c->labels.empty());
   EXPECT_THAT(c->aggregators, ::testing::ElementsAre("localhost:7470"));
   EXPECT_EQ(c->interval, absl::Seconds(2));
+  EXPECT_EQ(c->max_interval, absl::Seconds(30));
   EXPECT_EQ(c->pue, 1.0);
   EXPECT_EQ(c->thermal_penalties.normal, 1.0);
   EXPECT_EQ(c->thermal_penalties.fair, 1.25);
@@ -43,6 +44,18 @@ TEST(ConfigTest, EmptyDocumentGivesDefaults) {
   EXPECT_TRUE(c->engines.empty());
   EXPECT_EQ(c->hardware.root, "/");
   EXPECT_EQ(c->log_level, "info");
+}
+
+TEST(ConfigTest, MaxInterval) {
+  absl::StatusOr<AgentConfig> c = ParseConfig("interval: 1s\nmax_interval: 2m\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_interval, absl::Minutes(2));
+  c = ParseConfig("interval: 45s\n");  // the default never undercuts the interval
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_interval, absl::Seconds(45));
+  EXPECT_THAT(ParseConfig("interval: 5s\nmax_interval: 4s\n").status().message(),
+              AllOf(HasSubstr("max_interval"), HasSubstr("line 2"), HasSubstr("interval (5s)")));
+  EXPECT_FALSE(ParseConfig("max_interval: 11m\n").ok());
 }
 
 TEST(ConfigTest, FullDocument) {

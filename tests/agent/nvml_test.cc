@@ -188,6 +188,41 @@ TEST_F(NvmlTest, OldUnversionedSymbolsAreTheFallback) {
   EXPECT_DOUBLE_EQ(d[1].energy_j(), 0.0);
 }
 
+TEST_F(NvmlTest, ComputeProcessesWithTheirMemory) {
+  std::string procs;
+  for (int i = 0; i < 70; ++i) procs += (i ? "," : "") + std::to_string(5000 + i) + ":1024";
+  Write("gpu0 procs=4242:8589934592,4243:na\ngpu1 procs=\ngpu2 mem_total=1\ngpu3 procs=" + procs +
+        "\n");
+  NvmlCollector c(FLEETWES_FAKE_NVML);
+  ASSERT_TRUE(c.loaded());
+  HardwareReading r = c.Read();
+  ASSERT_EQ(r.devices.size(), 4u);
+  ASSERT_TRUE(r.devices[0].processes.has_value());
+  ASSERT_EQ(r.devices[0].processes->size(), 2u);
+  EXPECT_EQ((*r.devices[0].processes)[0].pid, 4242);
+  EXPECT_EQ((*r.devices[0].processes)[0].used_bytes, 8589934592u);
+  EXPECT_EQ((*r.devices[0].processes)[1].pid, 4243);
+  EXPECT_FALSE((*r.devices[0].processes)[1].used_bytes.has_value());  // not available
+  ASSERT_TRUE(r.devices[1].processes.has_value());
+  EXPECT_TRUE(r.devices[1].processes->empty());
+  EXPECT_FALSE(r.devices[2].processes.has_value());  // not supported: unknown, not none
+  ASSERT_TRUE(r.devices[3].processes.has_value());   // more than the first buffer holds
+  EXPECT_EQ(r.devices[3].processes->size(), 70u);
+  EXPECT_EQ(r.devices[3].processes->back().pid, 5069);
+}
+
+TEST_F(NvmlTest, ComputeProcessesThroughTheUnversionedCall) {
+  Write("gpu0 procs=77:2048\n");
+  NvmlCollector c(FLEETWES_FAKE_NVML_LEGACY);
+  ASSERT_TRUE(c.loaded());
+  HardwareReading r = c.Read();
+  ASSERT_EQ(r.devices.size(), 1u);
+  ASSERT_TRUE(r.devices[0].processes.has_value());
+  ASSERT_EQ(r.devices[0].processes->size(), 1u);
+  EXPECT_EQ((*r.devices[0].processes)[0].pid, 77);
+  EXPECT_EQ((*r.devices[0].processes)[0].used_bytes, 2048u);
+}
+
 TEST(CombinedHardwareTest, DevicesOfAllSourcesSystemOfTheFirst) {
   struct Fixed : HardwareCollector {
     HardwareReading r;

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <utility>
@@ -113,6 +114,7 @@ class SamplerTest : public ::testing::Test {
     o.interval = absl::Seconds(2);
     o.pue = 1.5;
     o.engine_grace = absl::Milliseconds(50);
+    o.proc_root = proc_root_;
     return std::make_unique<Sampler>(std::move(o), std::move(collectors),
                                      std::make_unique<FakeHardware>(hw_), &clock_);
   }
@@ -121,6 +123,7 @@ class SamplerTest : public ::testing::Test {
     shared_[i]->next = std::move(r);
   }
 
+  std::string proc_root_;
   FakeClock clock_;
   std::shared_ptr<FakeEngine::Shared> shared_[2] = {std::make_shared<FakeEngine::Shared>(),
                                                     std::make_shared<FakeEngine::Shared>()};
@@ -258,6 +261,196 @@ TEST_F(SamplerTest, WorstDeviceStatePenalizes) {
   EXPECT_DOUBLE_EQ(f->node_wes().thermal_cost_pct(), 20.0);
   EXPECT_THAT(f->node_wes().power_scopes(),
               ::testing::ElementsAre(v1::POWER_SCOPE_CPU_PACKAGE, v1::POWER_SCOPE_DRAM));
+}
+
+DeviceReading NvidiaGpu(const std::string& id, uint64_t energy_uj,
+                        std::vector<GpuProcessReading> processes, double temp = 50) {
+  DeviceReading d;
+  d.id = id;
+  d.kind = v1::DEVICE_KIND_GPU_NVIDIA;
+  d.power_scope = v1::POWER_SCOPE_GPU_BOARD;
+  d.energy_uj = energy_uj;
+  d.temperature_c = temp;
+  d.slowdown_threshold_c = 90;
+  d.gpu_max_threshold_c = 85;
+  d.clocks_event_mask = 0;
+  d.processes = std::move(processes);
+  return d;
+}
+
+TEST_F(SamplerTest, GpuProcessListsPlaceTheEngineOnItsGpu) {
+  // A fake procfs: engine "a" (http://fake/a, port 80) listens in pid 100; its child 101 holds
+  // memory on gpu0. gpu1 serves someone else and runs hot.
+  std::string tmpl = (std::filesystem::temp_directory_path() / "fleetwes-proc-XXXXXX").string();
+  ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+  proc_root_ = tmpl;
+  namespace fs = std::filesystem;
+  fs::create_directories(tmpl + "/proc/net");
+  std::ofstream(tmpl + "/proc/net/tcp")
+      << "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+         "timeout inode\n"
+         "   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0    "
+         "    0 777 1 0000000000000000 100 0 0 10 0\n";
+  for (auto [pid, ppid] : {std::pair{100, 1}, std::pair{101, 100}, std::pair{300, 1}}) {
+    fs::create_directories(tmpl + "/proc/" + std::to_string(pid) + "/fd");
+    std::ofstream(tmpl + "/proc/" + std::to_string(pid) + "/stat")
+        << pid << " (x) S " << ppid << " 0 0\n";
+  }
+  fs::create_symlink("socket:[777]", tmpl + "/proc/100/fd/5");
+
+  auto sampler = Make(1);
+  auto gpus = [&](uint64_t e0, uint64_t e1) {
+    hw_->devices = {Package(e0), NvidiaGpu("gpu0", e0, {{101, 20'000'000'000}}),
+                    NvidiaGpu("gpu1", e1, {{300, 1'000}}, 95)};
+  };
+  gpus(0, 0);
+  SetEngine(0, Engine("m", 0));
+  sampler->Tick();
+  clock_.Advance(absl::Seconds(2));
+  gpus(400'000'000, 600'000'000);  // gpu0 200 W, gpu1 300 W, package 200 W
+  SetEngine(0, Engine("m", 100));
+  std::optional<v1::Frame> f = sampler->Tick();
+  fs::remove_all(tmpl);
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->thermal_state(), v1::THERMAL_STATE_CRITICAL);  // gpu1
+  const v1::ModelSample& m = f->models(0);
+  EXPECT_DOUBLE_EQ(m.watts_attributed(), 200.0);  // gpu0 only
+  EXPECT_THAT(m.wes().power_scopes(), ::testing::ElementsAre(v1::POWER_SCOPE_GPU_BOARD));
+  EXPECT_EQ(m.wes().thermal_state(), v1::THERMAL_STATE_NORMAL);  // its own GPU's state
+  EXPECT_DOUBLE_EQ(m.wes().raw(), 50.0 / (200.0 * 1.5));
+  // The node keeps all tokens over all energy.
+  EXPECT_DOUBLE_EQ(f->node_wes().watts(), 700.0);
+  EXPECT_EQ(f->node_wes().thermal_state(), v1::THERMAL_STATE_CRITICAL);
+}
+
+// Runs a SamplerLoop under the fake clock and collects its frames.
+class LoopHarness {
+ public:
+  LoopHarness(Sampler* sampler, FakeClock* clock, absl::Duration interval, absl::Duration max)
+      : clock_(clock),
+        loop_(
+            sampler, clock, interval,
+            [this](v1::Frame f) {
+              absl::MutexLock lock(&mu_);
+              frames_.push_back(std::move(f));
+            },
+            max) {
+    loop_.Start();
+    WaitParked(0);
+  }
+  ~LoopHarness() { loop_.Stop(); }
+  // Advances the clock by `d` and waits (real time, bounded) for the loop to deliver one more
+  // frame and park again. Returns that frame.
+  v1::Frame Step(absl::Duration d) {
+    size_t want;
+    {
+      absl::MutexLock lock(&mu_);
+      want = frames_.size() + 1;
+    }
+    clock_->Advance(d);
+    WaitParked(want);
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(frames_.size(), want);
+    return frames_.empty() ? v1::Frame() : frames_.back();
+  }
+
+ private:
+  void WaitParked(size_t frames) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (frames_.size() >= frames && clock_->waiters() == 1) return;
+      }
+      absl::SleepFor(absl::Milliseconds(1));  // polling a real thread, bounded by the deadline
+    }
+    ADD_FAILURE() << "the loop did not deliver frame " << frames;
+  }
+
+  FakeClock* clock_;
+  absl::Mutex mu_;
+  std::vector<v1::Frame> frames_ ABSL_GUARDED_BY(mu_);
+  SamplerLoop loop_;
+};
+
+double Seconds(const v1::Frame& f) {
+  return absl::ToDoubleSeconds(ToTime(f.window_end()) - ToTime(f.window_start()));
+}
+
+TEST_F(SamplerTest, CadenceCalmThenIdleBackoffWithHeartbeat) {
+  auto sampler = Make(1);
+  SetEngine(0, Engine("m", 0));
+  LoopHarness loop(sampler.get(), &clock_, absl::Seconds(2), absl::Seconds(30));
+  std::vector<v1::Frame> frames;
+  double tokens = 0;
+  for (int i = 0; i < 3; ++i) {  // calm: 100 tok/s at the base cadence
+    tokens += 200;
+    SetEngine(0, Engine("m", tokens));
+    frames.push_back(loop.Step(absl::Seconds(2)));
+    EXPECT_EQ(frames.back().interval_s(), 2.0);
+  }
+  // Traffic stops: the drop is a sharp change (one fast window), then idle backoff to 30 s,
+  // where a heartbeat frame keeps coming every 30 s.
+  for (double expected : {2.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0}) {
+    frames.push_back(loop.Step(absl::Seconds(expected)));
+    EXPECT_EQ(frames.back().interval_s(), expected);
+    EXPECT_DOUBLE_EQ(Seconds(frames.back()), expected);
+  }
+  // Traffic again: fast, then back to base after three calm windows.
+  tokens += 3000;
+  SetEngine(0, Engine("m", tokens));
+  frames.push_back(loop.Step(absl::Seconds(30)));
+  for (double expected : {1.0, 1.0, 1.0, 2.0}) {
+    tokens += 100 * expected;
+    SetEngine(0, Engine("m", tokens));
+    frames.push_back(loop.Step(absl::Seconds(expected)));
+    EXPECT_EQ(frames.back().interval_s(), expected);
+  }
+  for (size_t i = 1; i < frames.size(); ++i) {
+    EXPECT_EQ(ToTime(frames[i].window_start()), ToTime(frames[i - 1].window_end())) << i;
+    EXPECT_EQ(frames[i].seq(), frames[i - 1].seq() + 1);
+  }
+}
+
+TEST_F(SamplerTest, CadenceThermalChangeGoesFastThenBackToBase) {
+  auto sampler = Make(1);
+  DeviceReading pkg = Package(0);
+  thermal::CpuReading zone;
+  zone.temperature_c = 60;
+  zone.trips = {{thermal::TripType::kPassive, 95}};
+  pkg.cpu_zones = {zone};
+  hw_->devices = {pkg};
+  double tokens = 0;
+  SetEngine(0, Engine("m", tokens));
+  LoopHarness loop(sampler.get(), &clock_, absl::Seconds(2), absl::Seconds(30));
+  auto step = [&](double seconds) {
+    tokens += 50 * seconds;  // a steady 50 tok/s
+    SetEngine(0, Engine("m", tokens));
+    return loop.Step(absl::Seconds(seconds));
+  };
+  EXPECT_EQ(step(2).interval_s(), 2.0);
+  EXPECT_EQ(step(2).interval_s(), 2.0);
+  pkg.cpu_zones[0].temperature_c = 96;  // passive trip crossed: Serious
+  hw_->devices = {pkg};
+  v1::Frame hot = step(2);
+  EXPECT_EQ(hot.thermal_state(), v1::THERMAL_STATE_SERIOUS);
+  EXPECT_EQ(hot.interval_s(), 2.0);
+  pkg.cpu_zones[0].temperature_c = 92;  // Fair: still changing
+  hw_->devices = {pkg};
+  EXPECT_EQ(step(1).interval_s(), 1.0);
+  EXPECT_EQ(step(0.5).interval_s(), 0.5);  // steady Fair from here on
+  EXPECT_EQ(step(0.5).interval_s(), 0.5);
+  EXPECT_EQ(step(0.5).interval_s(), 0.5);
+  EXPECT_EQ(step(2).interval_s(), 2.0);  // three calm windows: back to base
+  EXPECT_EQ(step(2).interval_s(), 2.0);
+}
+
+TEST(CadenceTest, LimitsAndMaxNotBelowBase) {
+  Cadence c(absl::Seconds(45), absl::Seconds(30));
+  v1::Frame idle;
+  EXPECT_EQ(c.Next(idle), absl::Seconds(45));  // max raised to base: nothing slower
+  Cadence fast(absl::Milliseconds(100), absl::Seconds(1));
+  EXPECT_EQ(fast.current(), Cadence::kMinInterval);
 }
 
 TEST_F(SamplerTest, UnavailableEngineThenNoBaseline) {

@@ -4,6 +4,7 @@
 //   init=ok|fail
 //   gpu<N> key=value ...   keys: name power_mw energy_mj temp slowdown gpumax clock clock_max
 //                          mask mem_total mem_used unsupported=<comma list of the same keys>
+//                          procs=<pid>:<bytes|na>,... (compute processes; "procs=" is none)
 // Missing keys and listed "unsupported" keys answer NVML_ERROR_NOT_SUPPORTED. The number of
 // GPUs is the number of gpu lines. Built twice: with the versioned entry points (default) and,
 // with FAKE_NVML_LEGACY, with only the old unversioned names.
@@ -104,6 +105,50 @@ int Handle(unsigned i, Device** d) {
 struct Memory {
   unsigned long long total, free, used;
 };
+
+constexpr int kInsufficientSize = 7;
+
+// Fills `infos` (capacity *count) from the GPU's "procs" value, NVML style.
+template <typename Info>
+int Processes(Device* d, unsigned* count, Info* infos) {
+  Scenario s = Load();
+  int i = Index(d);
+  if (i < 0 || i >= static_cast<int>(s.gpus.size())) return kInvalidArgument;
+  auto it = s.gpus[i].values.find("procs");
+  if (it == s.gpus[i].values.end()) return kNotSupported;
+  std::vector<std::pair<unsigned, unsigned long long>> procs;
+  std::istringstream list(it->second);
+  std::string item;
+  while (std::getline(list, item, ',')) {
+    size_t colon = item.find(':');
+    if (colon == std::string::npos) continue;
+    std::string bytes = item.substr(colon + 1);
+    procs.emplace_back(static_cast<unsigned>(std::strtoul(item.c_str(), nullptr, 10)),
+                       bytes == "na" ? ~0ULL : std::strtoull(bytes.c_str(), nullptr, 10));
+  }
+  if (procs.size() > *count) {
+    *count = static_cast<unsigned>(procs.size());
+    return kInsufficientSize;
+  }
+  *count = static_cast<unsigned>(procs.size());
+  for (size_t k = 0; k < procs.size(); ++k) {
+    infos[k] = Info{};
+    infos[k].pid = procs[k].first;
+    infos[k].usedGpuMemory = procs[k].second;
+  }
+  return kSuccess;
+}
+
+struct ProcessInfoV1 {
+  unsigned int pid;
+  unsigned long long usedGpuMemory;
+};
+struct ProcessInfoV2 {
+  unsigned int pid;
+  unsigned long long usedGpuMemory;
+  unsigned int gpuInstanceId;
+  unsigned int computeInstanceId;
+};
 struct MemoryV2 {
   unsigned int version;
   unsigned long long total, reserved, free, used;
@@ -159,6 +204,9 @@ int nvmlDeviceGetMemoryInfo(Device* d, Memory* m) {
 }
 
 #ifdef FAKE_NVML_LEGACY
+int nvmlDeviceGetComputeRunningProcesses(Device* d, unsigned* count, ProcessInfoV1* infos) {
+  return Processes(d, count, infos);
+}
 int nvmlInit() { return Init(); }
 int nvmlDeviceGetCount(unsigned* n) { return Count(n); }
 int nvmlDeviceGetHandleByIndex(unsigned i, Device** d) { return Handle(i, d); }
@@ -166,6 +214,9 @@ int nvmlDeviceGetCurrentClocksThrottleReasons(Device* d, unsigned long long* mas
   return Value(d, "mask", mask);
 }
 #else
+int nvmlDeviceGetComputeRunningProcesses_v3(Device* d, unsigned* count, ProcessInfoV2* infos) {
+  return Processes(d, count, infos);
+}
 int nvmlInit_v2() { return Init(); }
 int nvmlDeviceGetCount_v2(unsigned* n) { return Count(n); }
 int nvmlDeviceGetHandleByIndex_v2(unsigned i, Device** d) { return Handle(i, d); }
