@@ -128,9 +128,44 @@ Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
   }
   uplink_ = std::make_unique<Uplink>(
       std::move(options), boot_id_, queue_, [sampler] { return sampler->Hello(); }, clock);
+  if (!config.http.listen.empty()) {
+    LocalHttpOptions http;
+    if (absl::Status s = ParseListenAddress(config.http.listen, &http.host, &http.port); !s.ok()) {
+      // The config validated the address; reaching this is a bug.
+      Logger("agent")->critical("http.listen: {}", std::string(s.message()));
+      std::abort();
+    }
+    http.node_id = config.node_id;
+    http.boot_id = boot_id_;
+    http.interval = config.interval;
+    http.spool_enabled = spool_ != nullptr;
+    if (spool_ != nullptr) http.spool_dir = spool_->dir();
+    LocalHttpSources sources;
+    sources.uplink = [this] { return uplink_->stats(); };
+    sources.queue = [this] {
+      QueueDepth d;
+      if (spool_ != nullptr) {
+        const SpoolStats s = spool_->stats();
+        d.frames = s.pending;
+        d.bytes = s.bytes;
+        d.evicted = s.evicted;
+      } else {
+        d.frames = memory_queue_.size();
+        d.evicted = memory_queue_.evicted();
+      }
+      return d;
+    };
+    sources.engine_reads = [sampler] { return sampler->engine_read_counters(); };
+    sources.engines = [sampler] {
+      const v1::Hello hello = sampler->Hello();
+      return std::vector<v1::EngineStatus>(hello.engines().begin(), hello.engines().end());
+    };
+    local_http_ = std::make_unique<LocalHttp>(std::move(http), std::move(sources), clock);
+  }
   // The uplink starts with the first frame, so its Hello carries the device inventory.
   loop_ =
       std::make_unique<SamplerLoop>(sampler_.get(), clock, config.interval, [this](v1::Frame f) {
+        if (local_http_ != nullptr) local_http_->PublishFrame(f);
         uplink_->Enqueue(std::move(f));
         std::call_once(uplink_started_, [this] {
           uplink_->Start();
@@ -141,12 +176,19 @@ Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
 
 Agent::~Agent() { Stop(); }
 
-void Agent::Start() { loop_->Start(); }
+absl::Status Agent::Start() {
+  if (local_http_ != nullptr) {
+    if (absl::Status s = local_http_->Start(); !s.ok()) return s;
+  }
+  loop_->Start();
+  return absl::OkStatus();
+}
 
 void Agent::Stop() {
   loop_->Stop();
   uplink_->Stop();
   for (auto& replay : replay_uplinks_) replay->Stop();
+  if (local_http_ != nullptr) local_http_->Stop();
 }
 
 }  // namespace fleetwes::agent

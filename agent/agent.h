@@ -13,6 +13,7 @@
 #include "agent/collectors/collector.h"
 #include "agent/config.h"
 #include "agent/frame_queue.h"
+#include "agent/local_http.h"
 #include "agent/sampler.h"
 #include "agent/spool.h"
 #include "agent/uplink.h"
@@ -37,18 +38,23 @@ absl::StatusOr<v1::Frame> TakeOneWindow(Sampler& sampler, Clock* clock, absl::Du
 // The frame as one line of JSON (proto field names; optional values absent when not measured).
 std::string FrameToJson(const v1::Frame& frame);
 
-// The running agent: sampler loop feeding the uplink through the frame queue.
+// The running agent: sampler loop feeding the uplink through the frame queue, and the local
+// HTTP surface (unless http.listen is "").
 class Agent {
  public:
   Agent(const AgentConfig& config, Clock* clock);
   ~Agent();  // Stop()
-  void Start();
+  // Starts the local HTTP, then sampling. Unavailable when the HTTP address cannot be bound
+  // (nothing is started then).
+  absl::Status Start();
   // Prompt: stops sampling, then the uplinks; the spool (when configured) is flushed when the
   // agent is destroyed. Without a spool, unacknowledged frames are lost.
   void Stop();
 
   const std::string& boot_id() const { return boot_id_; }
   UplinkStats uplink_stats() const { return uplink_->stats(); }
+  // The local HTTP server, or null when turned off.
+  LocalHttp* local_http() { return local_http_.get(); }
 
  private:
   const std::string boot_id_;
@@ -61,6 +67,7 @@ class Agent {
   std::vector<std::unique_ptr<SpoolBootView>> replay_queues_;
   std::vector<std::unique_ptr<Uplink>> replay_uplinks_;
   std::unique_ptr<Uplink> uplink_;
+  std::unique_ptr<LocalHttp> local_http_;
   std::unique_ptr<SamplerLoop> loop_;
   std::once_flag uplink_started_;
 };

@@ -53,6 +53,23 @@ struct SpoolConfig {
   absl::Duration fsync_interval = absl::Milliseconds(200);
 };
 
+// The local HTTP surface (agent/local_http.h).
+struct HttpConfig {
+  // Default "127.0.0.1:7472"; "host:port" or "[v6addr]:port" to listen on; "" turns it off.
+  std::string listen = "127.0.0.1:7472";
+};
+
+// Engine discovery on loopback (agent/discovery.h). Off by default.
+struct DiscoveryConfig {
+  bool enabled = false;  // default false
+  // Default [8080, 8000, 30000, 11434]; 1..16 ports, each 1..65535, probed on 127.0.0.1.
+  std::vector<int> ports = {8080, 8000, 30000, 11434};
+  // Default 5m; 30s..24h. Probing is repeated at this period after the start.
+  absl::Duration interval = absl::Minutes(5);
+  // Default 300ms; 50ms..5s. Bounds each probe request.
+  absl::Duration timeout = absl::Milliseconds(300);
+};
+
 struct AgentConfig {
   // Default: the host name. 1..128 chars of [A-Za-z0-9._:-].
   std::string node_id;
@@ -70,6 +87,8 @@ struct AgentConfig {
   std::vector<EngineConfig> engines;
   HardwareConfig hardware;
   SpoolConfig spool;
+  HttpConfig http;
+  DiscoveryConfig discovery;
   // Default "info"; one of trace, debug, info, warn, error, off.
   std::string log_level = "info";
 };

@@ -128,7 +128,9 @@ Sampler::Sampler(SamplerOptions options, std::vector<std::unique_ptr<EngineColle
                  std::unique_ptr<HardwareCollector> hardware, Clock* clock)
     : options_(std::move(options)), hardware_(std::move(hardware)), clock_(clock) {
   std::vector<v1::EngineStatus> status;
+  std::vector<EngineReadCounters> counters;
   for (auto& e : engines) {
+    counters.push_back({.engine_id = e->engine_id()});
     v1::EngineStatus& s = status.emplace_back();
     s.set_engine_id(e->engine_id());
     s.set_kind(e->kind());
@@ -139,6 +141,7 @@ Sampler::Sampler(SamplerOptions options, std::vector<std::unique_ptr<EngineColle
   }
   absl::MutexLock lock(&mu_);
   engine_status_ = std::move(status);
+  read_counters_ = std::move(counters);
 }
 
 Sampler::~Sampler() = default;
@@ -146,6 +149,11 @@ Sampler::~Sampler() = default;
 uint64_t Sampler::engine_reads_given_up() const {
   absl::MutexLock lock(&mu_);
   return reads_given_up_;
+}
+
+std::vector<EngineReadCounters> Sampler::engine_read_counters() const {
+  absl::MutexLock lock(&mu_);
+  return read_counters_;
 }
 
 std::optional<v1::Frame> Sampler::Tick() {
@@ -159,6 +167,7 @@ std::optional<v1::Frame> Sampler::Tick() {
   HardwareReading hw = hardware_ != nullptr ? hardware_->Read() : HardwareReading();
 
   std::vector<EngineReading> readings(engines_.size());
+  std::vector<bool> gave_up(engines_.size());
   uint64_t given_up = 0;
   for (size_t i = 0; i < engines_.size(); ++i) {
     const EngineCollector& c = engines_[i].worker->collector();
@@ -166,6 +175,7 @@ std::optional<v1::Frame> Sampler::Tick() {
       readings[i].unavailable_reason = absl::StrCat(
           "previous read still running (no answer within ", absl::FormatDuration(c.timeout()), ")");
       ++given_up;
+      gave_up[i] = true;
       continue;
     }
     std::optional<EngineReading> r =
@@ -174,10 +184,14 @@ std::optional<v1::Frame> Sampler::Tick() {
       readings[i].unavailable_reason =
           absl::StrCat("timed out after ", absl::FormatDuration(c.timeout()));
       ++given_up;
+      gave_up[i] = true;
       continue;
     }
     readings[i] = *std::move(r);
   }
+
+  std::vector<bool> unavailable(engines_.size());
+  for (size_t i = 0; i < engines_.size(); ++i) unavailable[i] = !readings[i].available;
 
   std::optional<v1::Frame> frame;
   if (last_tick_.has_value() && now > *last_tick_) {
@@ -209,6 +223,10 @@ std::optional<v1::Frame> Sampler::Tick() {
   {
     absl::MutexLock lock(&mu_);
     reads_given_up_ += given_up;
+    for (size_t i = 0; i < engines_.size() && i < read_counters_.size(); ++i) {
+      if (unavailable[i]) ++read_counters_[i].failed;
+      if (gave_up[i]) ++read_counters_[i].given_up;
+    }
     inventory_.clear();
     for (const DeviceReading& d : hw.devices) {
       v1::Device& inv = inventory_.emplace_back();

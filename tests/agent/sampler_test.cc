@@ -286,6 +286,10 @@ TEST_F(SamplerTest, UnavailableEngineThenNoBaseline) {
   EXPECT_FALSE(f->models(0).counters_reset());
   EXPECT_TRUE(f->engines(0).available());
   EXPECT_EQ(f->engines(0).version(), "b1");
+  std::vector<EngineReadCounters> counters = sampler->engine_read_counters();
+  ASSERT_EQ(counters.size(), 1u);
+  EXPECT_EQ(counters[0].failed, 1u);
+  EXPECT_EQ(counters[0].given_up, 0u);
 }
 
 TEST_F(SamplerTest, ModelChangeIsAReset) {
@@ -329,6 +333,12 @@ TEST_F(SamplerTest, HungEngineDoesNotHoldTheFrame) {
   ASSERT_TRUE(f.has_value());
   EXPECT_THAT(f->engines(1).unavailable_reason(), HasSubstr("previous read still running"));
   EXPECT_EQ(sampler->engine_reads_given_up(), 2u);
+  std::vector<EngineReadCounters> counters = sampler->engine_read_counters();
+  ASSERT_EQ(counters.size(), 2u);
+  EXPECT_EQ(counters[0].failed, 0u);
+  EXPECT_EQ(counters[0].given_up, 0u);
+  EXPECT_EQ(counters[1].failed, 2u);
+  EXPECT_EQ(counters[1].given_up, 2u);
   {
     absl::MutexLock lock(&shared_[1]->mu);
     shared_[1]->block = nullptr;
