@@ -11,6 +11,7 @@
 #include "agent/collectors/nvml.h"
 #include "agent/collectors/sglang.h"
 #include "agent/collectors/vllm.h"
+#include "agent/discovery.h"
 #include "common/logging.h"
 
 namespace fleetwes::agent {
@@ -29,6 +30,11 @@ std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentCo
         out.push_back(std::make_unique<SglangCollector>(e));
         break;
       default:
+        if (e.discovered) {
+          Logger("agent")->info("discovered engine {} at {}: no collector for kind {}; skipped",
+                                e.name, e.url, EngineKindName(e.kind));
+          break;
+        }
         // The config rejects other kinds; reaching this is a bug.
         Logger("agent")->critical("engine {}: kind {} has no collector", e.name,
                                   EngineKindName(e.kind));
@@ -94,7 +100,13 @@ std::string FrameToJson(const v1::Frame& frame) {
   return json;
 }
 
-Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
+Agent::Agent(const AgentConfig& configured, Clock* clock) : boot_id_(NewBootId()) {
+  AgentConfig config = configured;
+  if (config.discovery.enabled) {
+    for (EngineConfig& e : DiscoverEngines(config.discovery, config.engines)) {
+      config.engines.push_back(std::move(e));
+    }
+  }
   sampler_ = MakeSampler(config, boot_id_, clock);
   UplinkOptions options;
   options.addresses = config.aggregators;

@@ -22,7 +22,8 @@
 
 namespace fleetwes::agent {
 
-// One collector per configured engine, in config order.
+// One collector per configured engine, in config order. Discovered engines of a kind without a
+// collector are skipped (logged).
 std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config);
 
 // A sampler for `config` reading engines and the Linux hardware under hardware.root.
@@ -39,7 +40,8 @@ absl::StatusOr<v1::Frame> TakeOneWindow(Sampler& sampler, Clock* clock, absl::Du
 std::string FrameToJson(const v1::Frame& frame);
 
 // The running agent: sampler loop feeding the uplink through the frame queue, and the local
-// HTTP surface (unless http.listen is "").
+// HTTP surface (unless http.listen is ""). With discovery enabled, the constructor probes the
+// configured ports (bounded by discovery.timeout per request) and adds what it finds.
 class Agent {
  public:
   Agent(const AgentConfig& config, Clock* clock);

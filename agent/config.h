@@ -28,6 +28,8 @@ struct EngineConfig {
   std::string url = "http://127.0.0.1:8080";
   // Default 1s; 50ms..60s. Bounds one whole scrape of the engine (all its requests).
   absl::Duration timeout = absl::Seconds(1);
+  // Not a config key: true for engines found by discovery (agent/discovery.h).
+  bool discovered = false;
 };
 
 struct HardwareConfig {
