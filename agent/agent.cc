@@ -100,12 +100,14 @@ std::string FrameToJson(const v1::Frame& frame) {
   return json;
 }
 
-Agent::Agent(const AgentConfig& configured, Clock* clock) : boot_id_(NewBootId()) {
+Agent::Agent(const AgentConfig& configured, Clock* clock)
+    : boot_id_(NewBootId()), discovery_(configured.discovery), clock_(clock) {
   AgentConfig config = configured;
   if (config.discovery.enabled) {
     for (EngineConfig& e : DiscoverEngines(config.discovery, config.engines)) {
       config.engines.push_back(std::move(e));
     }
+    known_engines_ = config.engines;
   }
   sampler_ = MakeSampler(config, boot_id_, clock);
   UplinkOptions options;
@@ -193,10 +195,26 @@ absl::Status Agent::Start() {
     if (absl::Status s = local_http_->Start(); !s.ok()) return s;
   }
   loop_->Start();
+  if (discovery_.enabled && !discovery_thread_.joinable()) {
+    discovery_thread_ = std::thread([this] { RunDiscovery(discovery_, clock_); });
+  }
   return absl::OkStatus();
 }
 
+void Agent::RunDiscovery(DiscoveryConfig options, Clock* clock) {
+  while (!clock->WaitFor(options.interval, &stop_discovery_)) {
+    for (EngineConfig& e : DiscoverEngines(options, known_engines_)) {
+      AgentConfig one;
+      one.engines = {e};
+      for (auto& collector : MakeEngineCollectors(one)) sampler_->AddEngine(std::move(collector));
+      known_engines_.push_back(std::move(e));
+    }
+  }
+}
+
 void Agent::Stop() {
+  if (!stop_discovery_.HasBeenNotified()) stop_discovery_.Notify();
+  if (discovery_thread_.joinable()) discovery_thread_.join();
   loop_->Stop();
   uplink_->Stop();
   for (auto& replay : replay_uplinks_) replay->Stop();

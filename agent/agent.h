@@ -6,9 +6,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "agent/collectors/collector.h"
 #include "agent/config.h"
@@ -41,7 +43,8 @@ std::string FrameToJson(const v1::Frame& frame);
 
 // The running agent: sampler loop feeding the uplink through the frame queue, and the local
 // HTTP surface (unless http.listen is ""). With discovery enabled, the constructor probes the
-// configured ports (bounded by discovery.timeout per request) and adds what it finds.
+// configured ports (bounded by discovery.timeout per request) and adds what it finds; a thread
+// probes again every discovery.interval and adds new engines to the running sampler.
 class Agent {
  public:
   Agent(const AgentConfig& config, Clock* clock);
@@ -72,6 +75,13 @@ class Agent {
   std::unique_ptr<LocalHttp> local_http_;
   std::unique_ptr<SamplerLoop> loop_;
   std::once_flag uplink_started_;
+  // Periodic discovery (when enabled): engines known so far, the thread and its stop signal.
+  void RunDiscovery(DiscoveryConfig options, Clock* clock);
+  std::vector<EngineConfig> known_engines_;  // owned by the discovery thread once started
+  absl::Notification stop_discovery_;
+  std::thread discovery_thread_;
+  DiscoveryConfig discovery_;
+  Clock* const clock_;
 };
 
 }  // namespace fleetwes::agent

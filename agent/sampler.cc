@@ -156,8 +156,27 @@ std::vector<EngineReadCounters> Sampler::engine_read_counters() const {
   return read_counters_;
 }
 
+void Sampler::AddEngine(std::unique_ptr<EngineCollector> engine) {
+  absl::MutexLock lock(&mu_);
+  added_.push_back(std::move(engine));
+}
+
 std::optional<v1::Frame> Sampler::Tick() {
   const absl::Time now = clock_->Now();
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& e : added_) {
+      read_counters_.push_back({.engine_id = e->engine_id()});
+      v1::EngineStatus& s = engine_status_.emplace_back();
+      s.set_engine_id(e->engine_id());
+      s.set_kind(e->kind());
+      s.set_endpoint(e->endpoint());
+      EngineState state;
+      state.worker = std::make_unique<internal::EngineWorker>(std::move(e));
+      engines_.push_back(std::move(state));
+    }
+    added_.clear();
+  }
 
   // Engines read concurrently on their own threads while the hardware is read here.
   std::vector<bool> started(engines_.size());

@@ -77,6 +77,10 @@ class Sampler {
   // One entry per configured engine, in config order. Thread-safe.
   std::vector<EngineReadCounters> engine_read_counters() const;
 
+  // Adds an engine (discovered while running); it is read from the next tick on, and its first
+  // reading only sets its baseline. Thread-safe.
+  void AddEngine(std::unique_ptr<EngineCollector> engine);
+
  private:
   struct EngineState {
     std::unique_ptr<internal::EngineWorker> worker;
@@ -100,6 +104,7 @@ class Sampler {
   std::vector<v1::EngineStatus> engine_status_ ABSL_GUARDED_BY(mu_);
   uint64_t reads_given_up_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<EngineReadCounters> read_counters_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<EngineCollector>> added_ ABSL_GUARDED_BY(mu_);
 };
 
 // Runs Sampler::Tick every interval (ticks at start + k × interval; a tick that overran skips

@@ -292,6 +292,32 @@ TEST_F(SamplerTest, UnavailableEngineThenNoBaseline) {
   EXPECT_EQ(counters[0].given_up, 0u);
 }
 
+TEST_F(SamplerTest, AddedEngineIsReadFromTheNextTick) {
+  auto sampler = Make(1);
+  SetEngine(0, Engine("m", 0));
+  SetEngine(1, Engine("n", 100));
+  sampler->Tick();
+  sampler->AddEngine(std::make_unique<FakeEngine>("b", shared_[1]));
+  clock_.Advance(absl::Seconds(2));
+  SetEngine(1, Engine("n", 100));
+  std::optional<v1::Frame> f = sampler->Tick();
+  ASSERT_TRUE(f.has_value());
+  ASSERT_EQ(f->engines_size(), 2);
+  EXPECT_EQ(f->engines(1).engine_id(), "b");
+  EXPECT_TRUE(f->engines(1).available());
+  ASSERT_EQ(f->models_size(), 2);
+  EXPECT_FALSE(f->models(1).has_decode_tokens_per_s());  // first reading: baseline only
+  ASSERT_EQ(sampler->Hello().engines_size(), 2);
+  EXPECT_EQ(sampler->engine_read_counters().size(), 2u);
+
+  clock_.Advance(absl::Seconds(2));
+  SetEngine(1, Engine("n", 300));
+  f = sampler->Tick();
+  ASSERT_TRUE(f.has_value());
+  ASSERT_EQ(f->models_size(), 2);
+  EXPECT_EQ(f->models(1).decode_tokens_per_s(), 100.0);
+}
+
 TEST_F(SamplerTest, ModelChangeIsAReset) {
   auto sampler = Make(1);
   SetEngine(0, Engine("old", 100));
