@@ -203,7 +203,7 @@ absl::Status Agent::Start() {
 
 void Agent::RunDiscovery(DiscoveryConfig options, Clock* clock) {
   while (!clock->WaitFor(options.interval, &stop_discovery_)) {
-    for (EngineConfig& e : DiscoverEngines(options, known_engines_)) {
+    for (EngineConfig& e : DiscoverEngines(options, known_engines_, &stop_discovery_)) {
       AgentConfig one;
       one.engines = {e};
       for (auto& collector : MakeEngineCollectors(one)) sampler_->AddEngine(std::move(collector));

@@ -100,7 +100,8 @@ std::optional<v1::EngineKind> IdentifyEngine(const std::string& url, absl::Durat
 }
 
 std::vector<EngineConfig> DiscoverEngines(const DiscoveryConfig& options,
-                                          const std::vector<EngineConfig>& configured) {
+                                          const std::vector<EngineConfig>& configured,
+                                          const absl::Notification* stop) {
   auto log = Logger("discovery");
   std::set<std::string> known;
   std::set<std::string> names;
@@ -110,6 +111,7 @@ std::vector<EngineConfig> DiscoverEngines(const DiscoveryConfig& options,
   }
   std::vector<EngineConfig> found;
   for (int port : options.ports) {
+    if (stop != nullptr && stop->HasBeenNotified()) break;
     const std::string url = absl::StrCat("http://127.0.0.1:", port);
     if (known.count(Endpoint(url)) > 0) continue;
     std::optional<v1::EngineKind> kind = IdentifyEngine(url, options.timeout);

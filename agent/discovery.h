@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "agent/config.h"
 #include "fleetwes/v1/telemetry.pb.h"
@@ -27,9 +28,11 @@ std::optional<v1::EngineKind> IdentifyEngine(const std::string& url, absl::Durat
 // Probes 127.0.0.1 on each of `options.ports` and returns an EngineConfig (name "<kind>-<port>",
 // url "http://127.0.0.1:<port>", discovered = true) for every engine found whose host:port is
 // not already in `configured` (loopback names 127.0.0.1, localhost, [::1] count as the same
-// host). Never fails: ports that do not answer or are not engines are skipped.
+// host). Never fails: ports that do not answer or are not engines are skipped. When `stop` is
+// given and notified, returns what it found so far before probing the next port.
 std::vector<EngineConfig> DiscoverEngines(const DiscoveryConfig& options,
-                                          const std::vector<EngineConfig>& configured);
+                                          const std::vector<EngineConfig>& configured,
+                                          const absl::Notification* stop = nullptr);
 
 }  // namespace fleetwes::agent
 
