@@ -62,6 +62,9 @@ class Agent {
   LocalHttp* local_http() { return local_http_.get(); }
 
  private:
+  // Probes again every options.interval until Stop(); new engines join the sampler.
+  void RunDiscovery(DiscoveryConfig options, Clock* clock);
+
   const std::string boot_id_;
   std::unique_ptr<Sampler> sampler_;
   // Frames wait in the spool when `spool:` is configured (and opens), else in memory.
@@ -76,7 +79,6 @@ class Agent {
   std::unique_ptr<SamplerLoop> loop_;
   std::once_flag uplink_started_;
   // Periodic discovery (when enabled): engines known so far, the thread and its stop signal.
-  void RunDiscovery(DiscoveryConfig options, Clock* clock);
   std::vector<EngineConfig> known_engines_;  // owned by the discovery thread once started
   absl::Notification stop_discovery_;
   std::thread discovery_thread_;
