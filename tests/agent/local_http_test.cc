@@ -141,6 +141,9 @@ TEST_F(LocalHttpTest, OnlyGet) {
     ASSERT_TRUE(d);
     EXPECT_EQ(d->status, 405);
   }
+  auto head = client_->Head("/healthz");
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
   auto r = client_->Get("/nope");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 404);
