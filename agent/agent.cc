@@ -11,6 +11,7 @@
 #include "agent/collectors/nvml.h"
 #include "agent/collectors/sglang.h"
 #include "agent/collectors/vllm.h"
+#include "agent/discovery.h"
 #include "common/logging.h"
 
 namespace fleetwes::agent {
@@ -29,6 +30,11 @@ std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentCo
         out.push_back(std::make_unique<SglangCollector>(e));
         break;
       default:
+        if (e.discovered) {
+          Logger("agent")->info("discovered engine {} at {}: no collector for kind {}; skipped",
+                                e.name, e.url, EngineKindName(e.kind));
+          break;
+        }
         // The config rejects other kinds; reaching this is a bug.
         Logger("agent")->critical("engine {}: kind {} has no collector", e.name,
                                   EngineKindName(e.kind));
@@ -95,7 +101,15 @@ std::string FrameToJson(const v1::Frame& frame) {
   return json;
 }
 
-Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
+Agent::Agent(const AgentConfig& configured, Clock* clock)
+    : boot_id_(NewBootId()), discovery_(configured.discovery), clock_(clock) {
+  AgentConfig config = configured;
+  if (config.discovery.enabled) {
+    for (EngineConfig& e : DiscoverEngines(config.discovery, config.engines)) {
+      config.engines.push_back(std::move(e));
+    }
+    known_engines_ = config.engines;
+  }
   sampler_ = MakeSampler(config, boot_id_, clock);
   UplinkOptions options;
   options.addresses = config.aggregators;
@@ -129,10 +143,45 @@ Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
   }
   uplink_ = std::make_unique<Uplink>(
       std::move(options), boot_id_, queue_, [sampler] { return sampler->Hello(); }, clock);
+  if (!config.http.listen.empty()) {
+    LocalHttpOptions http;
+    if (absl::Status s = ParseListenAddress(config.http.listen, &http.host, &http.port); !s.ok()) {
+      // The config validated the address; reaching this is a bug.
+      Logger("agent")->critical("http.listen: {}", std::string(s.message()));
+      std::abort();
+    }
+    http.node_id = config.node_id;
+    http.boot_id = boot_id_;
+    http.interval = config.interval;
+    http.spool_enabled = spool_ != nullptr;
+    if (spool_ != nullptr) http.spool_dir = spool_->dir();
+    LocalHttpSources sources;
+    sources.uplink = [this] { return uplink_->stats(); };
+    sources.queue = [this] {
+      QueueDepth d;
+      if (spool_ != nullptr) {
+        const SpoolStats s = spool_->stats();
+        d.frames = s.pending;
+        d.bytes = s.bytes;
+        d.evicted = s.evicted;
+      } else {
+        d.frames = memory_queue_.size();
+        d.evicted = memory_queue_.evicted();
+      }
+      return d;
+    };
+    sources.engine_reads = [sampler] { return sampler->engine_read_counters(); };
+    sources.engines = [sampler] {
+      const v1::Hello hello = sampler->Hello();
+      return std::vector<v1::EngineStatus>(hello.engines().begin(), hello.engines().end());
+    };
+    local_http_ = std::make_unique<LocalHttp>(std::move(http), std::move(sources), clock);
+  }
   // The uplink starts with the first frame, so its Hello carries the device inventory.
   loop_ = std::make_unique<SamplerLoop>(
       sampler_.get(), clock, config.interval,
       [this](v1::Frame f) {
+        if (local_http_ != nullptr) local_http_->PublishFrame(f);
         uplink_->Enqueue(std::move(f));
         std::call_once(uplink_started_, [this] {
           uplink_->Start();
@@ -144,12 +193,35 @@ Agent::Agent(const AgentConfig& config, Clock* clock) : boot_id_(NewBootId()) {
 
 Agent::~Agent() { Stop(); }
 
-void Agent::Start() { loop_->Start(); }
+absl::Status Agent::Start() {
+  if (local_http_ != nullptr) {
+    if (absl::Status s = local_http_->Start(); !s.ok()) return s;
+  }
+  loop_->Start();
+  if (discovery_.enabled && !discovery_thread_.joinable()) {
+    discovery_thread_ = std::thread([this] { RunDiscovery(discovery_, clock_); });
+  }
+  return absl::OkStatus();
+}
+
+void Agent::RunDiscovery(DiscoveryConfig options, Clock* clock) {
+  while (!clock->WaitFor(options.interval, &stop_discovery_)) {
+    for (EngineConfig& e : DiscoverEngines(options, known_engines_, &stop_discovery_)) {
+      AgentConfig one;
+      one.engines = {e};
+      for (auto& collector : MakeEngineCollectors(one)) sampler_->AddEngine(std::move(collector));
+      known_engines_.push_back(std::move(e));
+    }
+  }
+}
 
 void Agent::Stop() {
+  if (!stop_discovery_.HasBeenNotified()) stop_discovery_.Notify();
+  if (discovery_thread_.joinable()) discovery_thread_.join();
   loop_->Stop();
   uplink_->Stop();
   for (auto& replay : replay_uplinks_) replay->Stop();
+  if (local_http_ != nullptr) local_http_->Stop();
 }
 
 }  // namespace fleetwes::agent

@@ -6,13 +6,16 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "agent/collectors/collector.h"
 #include "agent/config.h"
 #include "agent/frame_queue.h"
+#include "agent/local_http.h"
 #include "agent/sampler.h"
 #include "agent/spool.h"
 #include "agent/uplink.h"
@@ -21,7 +24,8 @@
 
 namespace fleetwes::agent {
 
-// One collector per configured engine, in config order.
+// One collector per configured engine, in config order. Discovered engines of a kind without a
+// collector are skipped (logged).
 std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config);
 
 // A sampler for `config` reading engines and the Linux hardware under hardware.root.
@@ -37,20 +41,30 @@ absl::StatusOr<v1::Frame> TakeOneWindow(Sampler& sampler, Clock* clock, absl::Du
 // The frame as one line of JSON (proto field names; optional values absent when not measured).
 std::string FrameToJson(const v1::Frame& frame);
 
-// The running agent: sampler loop feeding the uplink through the frame queue.
+// The running agent: sampler loop feeding the uplink through the frame queue, and the local
+// HTTP surface (unless http.listen is ""). With discovery enabled, the constructor probes the
+// configured ports (bounded by discovery.timeout per request) and adds what it finds; a thread
+// probes again every discovery.interval and adds new engines to the running sampler.
 class Agent {
  public:
   Agent(const AgentConfig& config, Clock* clock);
   ~Agent();  // Stop()
-  void Start();
+  // Starts the local HTTP, then sampling. Unavailable when the HTTP address cannot be bound
+  // (nothing is started then).
+  absl::Status Start();
   // Prompt: stops sampling, then the uplinks; the spool (when configured) is flushed when the
   // agent is destroyed. Without a spool, unacknowledged frames are lost.
   void Stop();
 
   const std::string& boot_id() const { return boot_id_; }
   UplinkStats uplink_stats() const { return uplink_->stats(); }
+  // The local HTTP server, or null when turned off.
+  LocalHttp* local_http() { return local_http_.get(); }
 
  private:
+  // Probes again every options.interval until Stop(); new engines join the sampler.
+  void RunDiscovery(DiscoveryConfig options, Clock* clock);
+
   const std::string boot_id_;
   std::unique_ptr<Sampler> sampler_;
   // Frames wait in the spool when `spool:` is configured (and opens), else in memory.
@@ -61,8 +75,15 @@ class Agent {
   std::vector<std::unique_ptr<SpoolBootView>> replay_queues_;
   std::vector<std::unique_ptr<Uplink>> replay_uplinks_;
   std::unique_ptr<Uplink> uplink_;
+  std::unique_ptr<LocalHttp> local_http_;
   std::unique_ptr<SamplerLoop> loop_;
   std::once_flag uplink_started_;
+  // Periodic discovery (when enabled): engines known so far, the thread and its stop signal.
+  std::vector<EngineConfig> known_engines_;  // owned by the discovery thread once started
+  absl::Notification stop_discovery_;
+  std::thread discovery_thread_;
+  DiscoveryConfig discovery_;
+  Clock* const clock_;
 };
 
 }  // namespace fleetwes::agent

@@ -77,7 +77,10 @@ int main(int argc, char** argv) {
       "  fleetwes-agent --config /etc/fleetwes/agent.yaml    run until SIGTERM/SIGINT\n"
       "  fleetwes-agent --config X --check-config            validate the config\n"
       "  fleetwes-agent --config X --once [--window=2s]      print one frame as JSON\n"
-      "  fleetwes-agent --version");
+      "  fleetwes-agent --version\n\n"
+      "While running, it serves GET /healthz, /metrics (Prometheus) and /status (JSON)\n"
+      "on http.listen (default 127.0.0.1:7472; \"\" turns it off). Not in --once or\n"
+      "--check-config.");
   std::vector<std::string> args = NormalizeFlagNames(argc, argv);
   std::vector<char*> arg_ptrs;
   for (std::string& a : args) arg_ptrs.push_back(a.data());
@@ -128,7 +131,10 @@ int main(int argc, char** argv) {
   log->info("fleetwes-agent {} starting: node {}, boot {}, {} engine(s), aggregators {}",
             fleetwes::Version(), config->node_id, agent.boot_id(), config->engines.size(),
             absl::StrJoin(config->aggregators, ","));
-  agent.Start();
+  if (absl::Status s = agent.Start(); !s.ok()) {
+    agent.Stop();
+    return Fail(std::string(s.message()));
+  }
   int signal = 0;
   sigwait(&signals, &signal);
   log->info("signal {}: stopping", signal);

@@ -137,6 +137,54 @@ absl::Status ParseEngine(MapReader& r, std::set<std::string>* names, EngineConfi
   return r.Finish();
 }
 
+absl::Status ParseHttpAndDiscovery(MapReader& r, AgentConfig* cfg) {
+  auto http = r.Child("http");
+  if (!http.ok()) return http.status();
+  if (http->has_value()) {
+    MapReader& h = **http;
+    if (absl::Status s = h.Read("listen", &cfg->http.listen); !s.ok()) return s;
+    if (!cfg->http.listen.empty() && !ValidHostPort(cfg->http.listen)) {
+      return h.Error("listen", absl::StrCat("\"", cfg->http.listen,
+                                            "\" is not host:port (e.g. \"127.0.0.1:7472\"); \"\" "
+                                            "turns the local HTTP off"));
+    }
+    if (absl::Status s = h.Finish(); !s.ok()) return s;
+  }
+  auto discovery = r.Child("discovery");
+  if (!discovery.ok()) return discovery.status();
+  if (discovery->has_value()) {
+    MapReader& d = **discovery;
+    DiscoveryConfig& out = cfg->discovery;
+    if (absl::Status s = d.Read("enabled", &out.enabled); !s.ok()) return s;
+    if (d.Has("ports")) {
+      std::vector<std::string> ports;
+      if (absl::Status s = d.Read("ports", &ports); !s.ok()) return s;
+      if (ports.empty() || ports.size() > 16) return d.Error("ports", "needs 1..16 ports");
+      out.ports.clear();
+      for (const std::string& p : ports) {
+        int value = 0;
+        auto [ptr, ec] = std::from_chars(p.data(), p.data() + p.size(), value);
+        if (ec != std::errc() || ptr != p.data() + p.size() || value < 1 || value > 65535) {
+          return d.Error("ports", absl::StrCat("\"", p, "\" is not a port (1..65535)"));
+        }
+        out.ports.push_back(value);
+      }
+    }
+    if (absl::Status s = d.ReadDuration("interval", &out.interval); !s.ok()) return s;
+    if (out.interval < absl::Seconds(30) || out.interval > absl::Hours(24)) {
+      return d.Error("interval", absl::StrCat("must be between 30s and 24h, got ",
+                                              absl::FormatDuration(out.interval)));
+    }
+    if (absl::Status s = d.ReadDuration("timeout", &out.timeout); !s.ok()) return s;
+    if (out.timeout < absl::Milliseconds(50) || out.timeout > absl::Seconds(5)) {
+      return d.Error("timeout", absl::StrCat("must be between 50ms and 5s, got ",
+                                             absl::FormatDuration(out.timeout)));
+    }
+    if (absl::Status s = d.Finish(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<AgentConfig> ParseRoot(YAML::Node node) {
   AgentConfig cfg;
   MapReader r(std::move(node), "");
@@ -253,6 +301,8 @@ absl::StatusOr<AgentConfig> ParseRoot(YAML::Node node) {
     }
     if (absl::Status s = sp.Finish(); !s.ok()) return s;
   }
+
+  if (absl::Status s = ParseHttpAndDiscovery(r, &cfg); !s.ok()) return s;
 
   if (absl::Status s = r.ReadEnum("log_level", {"trace", "debug", "info", "warn", "error", "off"},
                                   &cfg.log_level);

@@ -28,6 +28,8 @@ struct EngineConfig {
   std::string url = "http://127.0.0.1:8080";
   // Default 1s; 50ms..60s. Bounds one whole scrape of the engine (all its requests).
   absl::Duration timeout = absl::Seconds(1);
+  // Not a config key: true for engines found by discovery (agent/discovery.h).
+  bool discovered = false;
 };
 
 struct HardwareConfig {
@@ -53,6 +55,23 @@ struct SpoolConfig {
   absl::Duration fsync_interval = absl::Milliseconds(200);
 };
 
+// The local HTTP surface (agent/local_http.h).
+struct HttpConfig {
+  // Default "127.0.0.1:7472"; "host:port" or "[v6addr]:port" to listen on; "" turns it off.
+  std::string listen = "127.0.0.1:7472";
+};
+
+// Engine discovery on loopback (agent/discovery.h). Off by default.
+struct DiscoveryConfig {
+  bool enabled = false;  // default false
+  // Default [8080, 8000, 30000, 11434]; 1..16 ports, each 1..65535, probed on 127.0.0.1.
+  std::vector<int> ports = {8080, 8000, 30000, 11434};
+  // Default 5m; 30s..24h. Probing is repeated at this period after the start.
+  absl::Duration interval = absl::Minutes(5);
+  // Default 300ms; 50ms..5s. Bounds each probe request.
+  absl::Duration timeout = absl::Milliseconds(300);
+};
+
 struct AgentConfig {
   // Default: the host name. 1..128 chars of [A-Za-z0-9._:-].
   std::string node_id;
@@ -74,6 +93,8 @@ struct AgentConfig {
   std::vector<EngineConfig> engines;
   HardwareConfig hardware;
   SpoolConfig spool;
+  HttpConfig http;
+  DiscoveryConfig discovery;
   // Default "info"; one of trace, debug, info, warn, error, off.
   std::string log_level = "info";
 };

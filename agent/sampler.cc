@@ -130,7 +130,9 @@ Sampler::Sampler(SamplerOptions options, std::vector<std::unique_ptr<EngineColle
                  std::unique_ptr<HardwareCollector> hardware, Clock* clock)
     : options_(std::move(options)), hardware_(std::move(hardware)), clock_(clock) {
   std::vector<v1::EngineStatus> status;
+  std::vector<EngineReadCounters> counters;
   for (auto& e : engines) {
+    counters.push_back({.engine_id = e->engine_id()});
     v1::EngineStatus& s = status.emplace_back();
     s.set_engine_id(e->engine_id());
     s.set_kind(e->kind());
@@ -141,6 +143,7 @@ Sampler::Sampler(SamplerOptions options, std::vector<std::unique_ptr<EngineColle
   }
   absl::MutexLock lock(&mu_);
   engine_status_ = std::move(status);
+  read_counters_ = std::move(counters);
 }
 
 Sampler::~Sampler() = default;
@@ -150,8 +153,32 @@ uint64_t Sampler::engine_reads_given_up() const {
   return reads_given_up_;
 }
 
+std::vector<EngineReadCounters> Sampler::engine_read_counters() const {
+  absl::MutexLock lock(&mu_);
+  return read_counters_;
+}
+
+void Sampler::AddEngine(std::unique_ptr<EngineCollector> engine) {
+  absl::MutexLock lock(&mu_);
+  added_.push_back(std::move(engine));
+}
+
 std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
   const absl::Time now = clock_->Now();
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& e : added_) {
+      read_counters_.push_back({.engine_id = e->engine_id()});
+      v1::EngineStatus& s = engine_status_.emplace_back();
+      s.set_engine_id(e->engine_id());
+      s.set_kind(e->kind());
+      s.set_endpoint(e->endpoint());
+      EngineState state;
+      state.worker = std::make_unique<internal::EngineWorker>(std::move(e));
+      engines_.push_back(std::move(state));
+    }
+    added_.clear();
+  }
 
   // Engines read concurrently on their own threads while the hardware is read here.
   std::vector<bool> started(engines_.size());
@@ -161,6 +188,7 @@ std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
   HardwareReading hw = hardware_ != nullptr ? hardware_->Read() : HardwareReading();
 
   std::vector<EngineReading> readings(engines_.size());
+  std::vector<bool> gave_up(engines_.size());
   uint64_t given_up = 0;
   for (size_t i = 0; i < engines_.size(); ++i) {
     const EngineCollector& c = engines_[i].worker->collector();
@@ -168,6 +196,7 @@ std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
       readings[i].unavailable_reason = absl::StrCat(
           "previous read still running (no answer within ", absl::FormatDuration(c.timeout()), ")");
       ++given_up;
+      gave_up[i] = true;
       continue;
     }
     std::optional<EngineReading> r =
@@ -176,10 +205,14 @@ std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
       readings[i].unavailable_reason =
           absl::StrCat("timed out after ", absl::FormatDuration(c.timeout()));
       ++given_up;
+      gave_up[i] = true;
       continue;
     }
     readings[i] = *std::move(r);
   }
+
+  std::vector<bool> unavailable(engines_.size());
+  for (size_t i = 0; i < engines_.size(); ++i) unavailable[i] = !readings[i].available;
 
   std::optional<v1::Frame> frame;
   if (last_tick_.has_value() && now > *last_tick_) {
@@ -212,6 +245,10 @@ std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
   {
     absl::MutexLock lock(&mu_);
     reads_given_up_ += given_up;
+    for (size_t i = 0; i < engines_.size() && i < read_counters_.size(); ++i) {
+      if (unavailable[i]) ++read_counters_[i].failed;
+      if (gave_up[i]) ++read_counters_[i].given_up;
+    }
     inventory_.clear();
     for (const DeviceReading& d : hw.devices) {
       v1::Device& inv = inventory_.emplace_back();

@@ -44,6 +44,13 @@ struct SamplerOptions {
   absl::Duration process_refresh = absl::Seconds(30);
 };
 
+// Per-engine read outcomes since start.
+struct EngineReadCounters {
+  std::string engine_id;
+  uint64_t failed = 0;    // reads that ended unavailable (given up ones included)
+  uint64_t given_up = 0;  // reads not finished within the engine's timeout
+};
+
 // A fresh boot id: 128 random bits as a UUID-formatted string (version 4 layout).
 std::string NewBootId();
 
@@ -77,6 +84,12 @@ class Sampler {
 
   const SamplerOptions& options() const { return options_; }
   uint64_t engine_reads_given_up() const;
+  // One entry per configured engine, in config order. Thread-safe.
+  std::vector<EngineReadCounters> engine_read_counters() const;
+
+  // Adds an engine (discovered while running); it is read from the next tick on, and its first
+  // reading only sets its baseline. Thread-safe.
+  void AddEngine(std::unique_ptr<EngineCollector> engine);
 
  private:
   struct EngineState {
@@ -105,6 +118,8 @@ class Sampler {
   std::vector<v1::Device> inventory_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::EngineStatus> engine_status_ ABSL_GUARDED_BY(mu_);
   uint64_t reads_given_up_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<EngineReadCounters> read_counters_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<EngineCollector>> added_ ABSL_GUARDED_BY(mu_);
 };
 
 // Adaptive sampling cadence (docs/agent.md, "Cadence"): from each frame, the interval until the

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status.h"
@@ -41,6 +43,42 @@ std::chrono::system_clock::time_point RealDeadline(absl::Duration from_now) {
 
 }  // namespace
 
+std::string ClassifyUplinkFailure(const absl::Status& status) {
+  const absl::StatusCode code = status.code();
+  if (code == absl::StatusCode::kUnauthenticated || code == absl::StatusCode::kPermissionDenied) {
+    return "auth";
+  }
+  const std::string message = absl::AsciiStrToLower(status.message());
+  auto mentions = [&message](std::initializer_list<absl::string_view> words) {
+    for (absl::string_view w : words) {
+      if (absl::StrContains(message, w)) return true;
+    }
+    return false;
+  };
+  if (mentions({"dns", "resolution", "resolve", "name not found", "unknown host"})) {
+    return "resolution";
+  }
+  if (mentions({"ssl", "tls", "handshake", "certificate"})) return "tls";
+  if (mentions({"connection refused"})) return "refused";
+  if (code == absl::StatusCode::kDeadlineExceeded ||
+      mentions({"unreachable", "no route", "timed out", "timeout"})) {
+    return "unreachable";
+  }
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kUnimplemented:
+      return "rejected";
+    case absl::StatusCode::kUnavailable:
+      return "disconnected";
+    default:
+      return "other";
+  }
+}
+
 Uplink::Uplink(UplinkOptions options, std::string boot_id, FrameQueue* queue, HelloProvider hello,
                Clock* clock)
     : options_(std::move(options)),
@@ -64,6 +102,12 @@ void Uplink::Stop() {
   }
   if (!stop_notification_.HasBeenNotified()) stop_notification_.Notify();
   if (thread_.joinable()) thread_.join();
+  SetState("stopped");
+}
+
+void Uplink::SetState(std::string state) {
+  absl::MutexLock lock(&mu_);
+  stats_.state = std::move(state);
 }
 
 void Uplink::Enqueue(v1::Frame frame) {
@@ -87,6 +131,11 @@ void Uplink::Run() {
       if (stop_) break;
     }
     const std::string& address = options_.addresses[index % options_.addresses.size()];
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.address = address;
+      stats_.state = "connecting";
+    }
     bool healthy = false;
     absl::Status s = RunStream(address, &healthy);
     {
@@ -99,11 +148,15 @@ void Uplink::Run() {
     if (!retryable) delay = std::max(delay, options_.non_retryable_delay);
     std::string error =
         absl::StrCat(address, ": ", absl::StatusCodeToString(s.code()), ": ", s.message());
+    const std::string reason = ClassifyUplinkFailure(s);
     {
       absl::MutexLock lock(&mu_);
       ++stats_.stream_failures;
       if (!retryable) ++stats_.non_retryable_failures;
+      ++stats_.failures_by_reason[reason];
       stats_.last_error = error;
+      stats_.reason = reason;
+      stats_.state = "backoff";
     }
     if (retryable) {
       log->warn("stream to {} ended ({}); retrying in {}", address, error,
@@ -121,15 +174,16 @@ absl::Status Uplink::RunStream(const std::string& address, bool* healthy) {
   auto log = Logger("uplink");
   std::shared_ptr<grpc::Channel> channel = MakeChannel(address, options_);
 
-  // Connect with a deadline, polling in short slices so Stop() is prompt.
+  // Connect with a deadline, polling in short slices so Stop() is prompt. A channel in
+  // TRANSIENT_FAILURE goes on to open the stream: the call then fails at once with gRPC's own
+  // account of the failure (resolution, refused, TLS), which ClassifyUplinkFailure reads.
   {
     const auto deadline = RealDeadline(options_.connect_timeout);
     grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
     while (state != GRPC_CHANNEL_READY) {
       if (stop_notification_.HasBeenNotified()) return absl::CancelledError("stopping");
-      if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN) {
-        return absl::UnavailableError("cannot connect");
-      }
+      if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) break;
+      if (state == GRPC_CHANNEL_SHUTDOWN) return absl::UnavailableError("channel shut down");
       if (std::chrono::system_clock::now() >= deadline) {
         return absl::DeadlineExceededError(
             absl::StrCat("not connected within ", absl::FormatDuration(options_.connect_timeout)));
@@ -163,6 +217,8 @@ absl::Status Uplink::RunStream(const std::string& address, bool* healthy) {
     absl::MutexLock lock(&mu_);
     ++stats_.connects;
     stats_.connected = true;
+    stats_.state = "connected";
+    stats_.reason.clear();
     log->info("node {}: stream to {} open; resending from seq {}", hello.hello().node_id(), address,
               sent + 1);
   }

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -48,7 +49,32 @@ struct UplinkStats {
   uint64_t acked_seq = 0;  // highest cumulative ack of this boot
   bool connected = false;
   std::string last_error;  // the last failure, for status surfaces
+  // The aggregator being connected to (or last tried); "" before the first attempt.
+  std::string address;
+  // "idle" (not started), "connecting", "connected", "backoff" (waiting after a failure),
+  // "stopped".
+  std::string state = "idle";
+  // Why the uplink is not connected: the category of the last failure (ClassifyUplinkFailure),
+  // "" while connected or before any failure.
+  std::string reason;
+  // stream_failures by category.
+  std::map<std::string, uint64_t> failures_by_reason;
 };
+
+// The category of a failed stream, from its status code and message (gRPC reports connect
+// errors as UNAVAILABLE with the resolver's or socket's words in the message):
+//   "auth"        UNAUTHENTICATED or PERMISSION_DENIED
+//   "resolution"  the name did not resolve (message mentions DNS / resolution / resolve)
+//   "tls"         the message mentions SSL, TLS, handshake or certificate
+//   "refused"     "Connection refused"
+//   "unreachable" DEADLINE_EXCEEDED (connect deadline), or "unreachable", "no route", "timed
+//                 out", "timeout" in the message
+//   "rejected"    the aggregator refused the stream: INVALID_ARGUMENT, FAILED_PRECONDITION,
+//                 ALREADY_EXISTS, OUT_OF_RANGE, NOT_FOUND, UNIMPLEMENTED
+//   "disconnected" any other UNAVAILABLE (the stream broke or the aggregator went away)
+//   "other"       anything else
+// The first matching rule wins, in this order.
+std::string ClassifyUplinkFailure(const absl::Status& status);
 
 class Uplink {
  public:
@@ -75,6 +101,7 @@ class Uplink {
   void Run();
   // One connection attempt and stream; returns how it ended.
   absl::Status RunStream(const std::string& address, bool* healthy);
+  void SetState(std::string state) ABSL_LOCKS_EXCLUDED(mu_);
   void HandleResponse(const v1::PublishResponse& response, bool* healthy);
 
   const UplinkOptions options_;

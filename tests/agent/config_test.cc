@@ -213,5 +213,41 @@ TEST(ConfigTest, LoadConfigMissingFile) {
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ConfigTest, HttpAndDiscoveryDefaults) {
+  absl::StatusOr<AgentConfig> c = ParseConfig("");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->http.listen, "127.0.0.1:7472");
+  EXPECT_FALSE(c->discovery.enabled);
+  EXPECT_THAT(c->discovery.ports, ::testing::ElementsAre(8080, 8000, 30000, 11434));
+  EXPECT_EQ(c->discovery.interval, absl::Minutes(5));
+}
+
+TEST(ConfigTest, HttpAndDiscoveryKeys) {
+  absl::StatusOr<AgentConfig> c = ParseConfig(R"(
+http: {listen: "[::1]:9100"}
+discovery: {enabled: true, ports: [8000, 11434], interval: 10m, timeout: 200ms}
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->http.listen, "[::1]:9100");
+  EXPECT_TRUE(c->discovery.enabled);
+  EXPECT_THAT(c->discovery.ports, ::testing::ElementsAre(8000, 11434));
+  EXPECT_EQ(c->discovery.interval, absl::Minutes(10));
+  EXPECT_EQ(c->discovery.timeout, absl::Milliseconds(200));
+
+  absl::StatusOr<AgentConfig> off = ParseConfig("http: {listen: \"\"}\n");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->http.listen, "");
+}
+
+TEST(ConfigTest, BadHttpAndDiscoveryKeysNameTheKey) {
+  EXPECT_THAT(ErrorOf("http: {listen: \"localhost\"}\n"),
+              AllOf(HasSubstr("http.listen"), HasSubstr("host:port")));
+  EXPECT_THAT(ErrorOf("http: {listen: \"127.0.0.1:70000\"}\n"), HasSubstr("http.listen"));
+  EXPECT_THAT(ErrorOf("http: {port: 1}\n"), HasSubstr("port"));
+  EXPECT_THAT(ErrorOf("discovery: {ports: [0]}\n"), HasSubstr("discovery.ports"));
+  EXPECT_THAT(ErrorOf("discovery: {ports: [http]}\n"), HasSubstr("discovery.ports"));
+  EXPECT_THAT(ErrorOf("discovery: {interval: 1s}\n"), HasSubstr("discovery.interval"));
+}
+
 }  // namespace
 }  // namespace fleetwes::agent

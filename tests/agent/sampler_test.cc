@@ -479,6 +479,36 @@ TEST_F(SamplerTest, UnavailableEngineThenNoBaseline) {
   EXPECT_FALSE(f->models(0).counters_reset());
   EXPECT_TRUE(f->engines(0).available());
   EXPECT_EQ(f->engines(0).version(), "b1");
+  std::vector<EngineReadCounters> counters = sampler->engine_read_counters();
+  ASSERT_EQ(counters.size(), 1u);
+  EXPECT_EQ(counters[0].failed, 1u);
+  EXPECT_EQ(counters[0].given_up, 0u);
+}
+
+TEST_F(SamplerTest, AddedEngineIsReadFromTheNextTick) {
+  auto sampler = Make(1);
+  SetEngine(0, Engine("m", 0));
+  SetEngine(1, Engine("n", 100));
+  sampler->Tick();
+  sampler->AddEngine(std::make_unique<FakeEngine>("b", shared_[1]));
+  clock_.Advance(absl::Seconds(2));
+  SetEngine(1, Engine("n", 100));
+  std::optional<v1::Frame> f = sampler->Tick();
+  ASSERT_TRUE(f.has_value());
+  ASSERT_EQ(f->engines_size(), 2);
+  EXPECT_EQ(f->engines(1).engine_id(), "b");
+  EXPECT_TRUE(f->engines(1).available());
+  ASSERT_EQ(f->models_size(), 2);
+  EXPECT_FALSE(f->models(1).has_decode_tokens_per_s());  // first reading: baseline only
+  ASSERT_EQ(sampler->Hello().engines_size(), 2);
+  EXPECT_EQ(sampler->engine_read_counters().size(), 2u);
+
+  clock_.Advance(absl::Seconds(2));
+  SetEngine(1, Engine("n", 300));
+  f = sampler->Tick();
+  ASSERT_TRUE(f.has_value());
+  ASSERT_EQ(f->models_size(), 2);
+  EXPECT_EQ(f->models(1).decode_tokens_per_s(), 100.0);
 }
 
 TEST_F(SamplerTest, ModelChangeIsAReset) {
@@ -522,6 +552,12 @@ TEST_F(SamplerTest, HungEngineDoesNotHoldTheFrame) {
   ASSERT_TRUE(f.has_value());
   EXPECT_THAT(f->engines(1).unavailable_reason(), HasSubstr("previous read still running"));
   EXPECT_EQ(sampler->engine_reads_given_up(), 2u);
+  std::vector<EngineReadCounters> counters = sampler->engine_read_counters();
+  ASSERT_EQ(counters.size(), 2u);
+  EXPECT_EQ(counters[0].failed, 0u);
+  EXPECT_EQ(counters[0].given_up, 0u);
+  EXPECT_EQ(counters[1].failed, 2u);
+  EXPECT_EQ(counters[1].given_up, 2u);
   {
     absl::MutexLock lock(&shared_[1]->mu);
     shared_[1]->block = nullptr;

@@ -330,6 +330,88 @@ TEST_F(UplinkTest, HelloReportsEvictedFrames) {
   uplink.Stop();
 }
 
+TEST_F(UplinkTest, ConnectedStreamHasAddressAndNoReason) {
+  MakeUplink({address()});
+  EXPECT_EQ(uplink_->stats().state, "idle");
+  uplink_->Enqueue(MakeFrame(1));
+  uplink_->Start();
+  ASSERT_TRUE(Eventually([&] { return uplink_->stats().acked_seq == 1; }));
+  UplinkStats s = uplink_->stats();
+  EXPECT_TRUE(s.connected);
+  EXPECT_EQ(s.state, "connected");
+  EXPECT_EQ(s.address, address());
+  EXPECT_EQ(s.reason, "");
+  EXPECT_TRUE(s.failures_by_reason.empty());
+  uplink_->Stop();
+  EXPECT_EQ(uplink_->stats().state, "stopped");
+}
+
+TEST_F(UplinkTest, ClosedPortIsRefused) {
+  const std::string closed = absl::StrCat("127.0.0.1:", ClosedPort());
+  MakeUplink({closed});
+  uplink_->Start();
+  ASSERT_TRUE(Eventually([&] { return uplink_->stats().stream_failures >= 1; }));
+  UplinkStats s = uplink_->stats();
+  EXPECT_FALSE(s.connected);
+  EXPECT_EQ(s.address, closed);
+  EXPECT_EQ(s.reason, "refused") << s.last_error;
+  EXPECT_GE(s.failures_by_reason["refused"], 1u);
+  EXPECT_EQ(s.connects, 0u);
+}
+
+TEST_F(UplinkTest, UnresolvableNameIsAResolutionFailure) {
+  MakeUplink({"no-such-host.invalid:1"});
+  uplink_->Start();
+  ASSERT_TRUE(Eventually([&] { return uplink_->stats().stream_failures >= 1; }));
+  UplinkStats s = uplink_->stats();
+  EXPECT_FALSE(s.connected);
+  EXPECT_EQ(s.address, "no-such-host.invalid:1");
+  EXPECT_EQ(s.reason, "resolution") << s.last_error;
+  EXPECT_GE(s.failures_by_reason["resolution"], 1u);
+}
+
+TEST_F(UplinkTest, RefusedHelloIsRejected) {
+  FakeIngest::Policy p;
+  p.refuse_hello = grpc::StatusCode::INVALID_ARGUMENT;
+  service_.set_policy(p);
+  MakeUplink({address()});
+  uplink_->Enqueue(MakeFrame(1));
+  uplink_->Start();
+  ASSERT_TRUE(Eventually([&] { return uplink_->stats().stream_failures >= 1; }));
+  UplinkStats s = uplink_->stats();
+  EXPECT_EQ(s.reason, "rejected") << s.last_error;
+  EXPECT_FALSE(s.connected);
+}
+
+TEST_F(UplinkTest, PermissionDeniedIsAuth) {
+  FakeIngest::Policy p;
+  p.refuse_hello = grpc::StatusCode::PERMISSION_DENIED;
+  service_.set_policy(p);
+  MakeUplink({address()});
+  uplink_->Start();
+  ASSERT_TRUE(Eventually([&] { return uplink_->stats().stream_failures >= 1; }));
+  EXPECT_EQ(uplink_->stats().reason, "auth");
+  EXPECT_EQ(uplink_->stats().failures_by_reason.at("auth"), 1u);
+}
+
+TEST(ClassifyUplinkFailureTest, MessagesAndCodes) {
+  EXPECT_EQ(ClassifyUplinkFailure(absl::UnauthenticatedError("bad token")), "auth");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::UnavailableError(
+                "DNS resolution failed for a.invalid:1: C-ares status is not ARES_SUCCESS")),
+            "resolution");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::UnavailableError(
+                "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+                "Failed to connect to remote host: Connection refused")),
+            "refused");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::UnavailableError("Ssl handshake failed")), "tls");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::DeadlineExceededError("not connected within 5s")),
+            "unreachable");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::UnavailableError("No route to host")), "unreachable");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::InvalidArgumentError("hello: node_id empty")), "rejected");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::UnavailableError("going away")), "disconnected");
+  EXPECT_EQ(ClassifyUplinkFailure(absl::InternalError("boom")), "other");
+}
+
 TEST(MemoryFrameQueueTest, BoundsAckAndRead) {
   MemoryFrameQueue q(3);
   for (uint64_t seq = 1; seq <= 5; ++seq) q.Push(MakeFrame(seq));
