@@ -323,9 +323,9 @@ class FaultsTest : public ::testing::Test {
     return t;
   }
 
-  // Stops the agent once it is live (its latest stored window ended less than 1.5 s ago) right
-  // after one of its frames was stored, so the next window has not closed yet; then tallies its
-  // frames against the spool it left.
+  // Stops the agent once it is live (its latest stored window ended less than 3 s ago: not working
+  // off a backlog) right after one of its frames was stored, so the next window has not closed yet;
+  // then tallies its frames against the spool it left.
   Tally FinishAgent(pqxx::connection& conn,
                     std::map<std::string, std::set<int64_t>>* lost = nullptr,
                     SpoolContents* spool_out = nullptr) {
@@ -333,7 +333,7 @@ class FaultsTest : public ::testing::Test {
       pqxx::read_transaction tx(conn);
       return tx
           .exec_params1(
-              "SELECT COALESCE(max(window_end) > now() - interval '1.5 seconds', false) "
+              "SELECT COALESCE(max(window_end) > now() - interval '3 seconds', false) "
               "FROM frames WHERE node_id = $1",
               kAgentNode)[0]
           .as<bool>();
@@ -402,7 +402,7 @@ TEST_F(FaultsTest, AggregatorKilledUnderLoad) {
   EXPECT_EQ(t.lost, 0u);
   EXPECT_EQ(t.evicted, 0u);
   EXPECT_EQ(t.persisted + t.pending, t.produced);
-  EXPECT_LE(t.pending, 1u);  // at most the agent's frame in flight when it was stopped
+  EXPECT_LE(t.pending, 2u);  // the agent's frames in flight when it was stopped
 }
 
 // (b) PostgreSQL is restarted (immediate mode: like a crash of the server) under load: the
@@ -446,7 +446,7 @@ TEST_F(FaultsTest, PostgresRestartedUnderLoad) {
   EXPECT_EQ(t.duplicated, 0u);
   EXPECT_EQ(t.lost, 0u);
   EXPECT_EQ(t.persisted + t.pending, t.produced);
-  EXPECT_LE(t.pending, 1u);
+  EXPECT_LE(t.pending, 2u);
 }
 
 // (c) The agent is SIGKILLed. Every frame it had acknowledged is stored; restarted on the same
@@ -501,7 +501,7 @@ TEST_F(FaultsTest, AgentKilledAndRestartedOnItsSpool) {
           << "an acknowledged frame was lost";
     }
   }
-  EXPECT_LE(t.pending, 1u);
+  EXPECT_LE(t.pending, 2u);
   EXPECT_GT(t.produced, acked_seq);
 }
 
@@ -531,7 +531,7 @@ TEST_F(FaultsTest, AggregatorUnreachableThenEverythingReplayedInOrder) {
   EXPECT_EQ(t.duplicated, 0u);
   EXPECT_EQ(t.lost, 0u);
   EXPECT_EQ(t.evicted, 0u);
-  EXPECT_LE(t.pending, 1u);
+  EXPECT_LE(t.pending, 2u);
 
   // Arrival order is seq order: received_at never decreases as seq grows.
   pqxx::read_transaction tx(conn);
