@@ -76,7 +76,8 @@ std::string DescribeConfig(const AgentConfig& config) {
                       config.aggregators.size() == 1 ? " aggregator" : " aggregators", " (",
                       absl::StrJoin(config.aggregators, ", "), "), interval ",
                       absl::FormatDuration(config.interval), ", pue ", config.pue,
-                      ", hardware root ", config.hardware.root);
+                      ", hardware root ", config.hardware.root, ", spool ",
+                      config.spool.enabled ? config.spool.dir : "off (memory only)");
 }
 
 absl::StatusOr<v1::Frame> TakeOneWindow(Sampler& sampler, Clock* clock, absl::Duration window) {
@@ -101,8 +102,39 @@ std::string FrameToJson(const v1::Frame& frame) {
   return json;
 }
 
-Agent::Agent(const AgentConfig& configured, Clock* clock)
-    : boot_id_(NewBootId()), discovery_(configured.discovery), clock_(clock) {
+absl::StatusOr<std::unique_ptr<Spool>> OpenSpool(const AgentConfig& config,
+                                                 const std::string& boot_id, Clock* clock) {
+  if (!config.spool.enabled) return nullptr;
+  SpoolOptions options;
+  options.dir = config.spool.dir;
+  options.node_id = config.node_id;
+  options.boot_id = boot_id;
+  options.max_bytes = static_cast<uint64_t>(config.spool.max_bytes);
+  options.fsync_interval = config.spool.fsync_interval;
+  absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(std::move(options), clock);
+  if (!spool.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot open the spool directory ", config.spool.dir,
+        " (config key spool.dir): ", spool.status().message(),
+        "; point spool.dir at a writable directory, or set spool: {enabled: false} to keep "
+        "unacknowledged frames in memory only"));
+  }
+  return spool;
+}
+
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(const AgentConfig& config, Clock* clock) {
+  std::string boot_id = NewBootId();
+  absl::StatusOr<std::unique_ptr<Spool>> spool = OpenSpool(config, boot_id, clock);
+  if (!spool.ok()) return spool.status();
+  return std::make_unique<Agent>(config, clock, std::move(boot_id), *std::move(spool));
+}
+
+Agent::Agent(const AgentConfig& configured, Clock* clock, std::string boot_id,
+             std::unique_ptr<Spool> spool)
+    : boot_id_(std::move(boot_id)),
+      spool_(std::move(spool)),
+      discovery_(configured.discovery),
+      clock_(clock) {
   AgentConfig config = configured;
   if (config.discovery.enabled) {
     for (EngineConfig& e : DiscoverEngines(config.discovery, config.engines)) {
@@ -114,31 +146,18 @@ Agent::Agent(const AgentConfig& configured, Clock* clock)
   UplinkOptions options;
   options.addresses = config.aggregators;
   Sampler* sampler = sampler_.get();
-  if (config.spool.enabled) {
-    SpoolOptions spool_options;
-    spool_options.dir = config.spool.dir;
-    spool_options.node_id = config.node_id;
-    spool_options.boot_id = boot_id_;
-    spool_options.max_bytes = static_cast<uint64_t>(config.spool.max_bytes);
-    spool_options.fsync_interval = config.spool.fsync_interval;
-    absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(std::move(spool_options), clock);
-    if (spool.ok()) {
-      spool_ = *std::move(spool);
-      queue_ = spool_.get();
-      for (const std::string& boot : spool_->PendingBoots()) {
-        replay_queues_.push_back(std::make_unique<SpoolBootView>(spool_.get(), boot));
-        replay_uplinks_.push_back(std::make_unique<Uplink>(
-            options, boot, replay_queues_.back().get(),
-            [sampler, boot] {
-              v1::Hello hello = sampler->Hello();
-              hello.set_boot_id(boot);
-              return hello;
-            },
-            clock));
-      }
-    } else {
-      Logger("agent")->error("{}; keeping unacknowledged frames in memory only",
-                             std::string(spool.status().message()));
+  if (spool_ != nullptr) {
+    queue_ = spool_.get();
+    for (const std::string& boot : spool_->PendingBoots()) {
+      replay_queues_.push_back(std::make_unique<SpoolBootView>(spool_.get(), boot));
+      replay_uplinks_.push_back(std::make_unique<Uplink>(
+          options, boot, replay_queues_.back().get(),
+          [sampler, boot] {
+            v1::Hello hello = sampler->Hello();
+            hello.set_boot_id(boot);
+            return hello;
+          },
+          clock));
     }
   }
   uplink_ = std::make_unique<Uplink>(

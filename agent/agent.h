@@ -41,13 +41,22 @@ absl::StatusOr<v1::Frame> TakeOneWindow(Sampler& sampler, Clock* clock, absl::Du
 // The frame as one line of JSON (proto field names; optional values absent when not measured).
 std::string FrameToJson(const v1::Frame& frame);
 
+// Opens the spool `config` asks for (null when `spool.enabled` is false) for a new boot.
+// FailedPrecondition naming the directory and the `spool.dir` key when it cannot be opened.
+absl::StatusOr<std::unique_ptr<Spool>> OpenSpool(const AgentConfig& config,
+                                                 const std::string& boot_id, Clock* clock);
+
 // The running agent: sampler loop feeding the uplink through the frame queue, and the local
 // HTTP surface (unless http.listen is ""). With discovery enabled, the constructor probes the
 // configured ports (bounded by discovery.timeout per request) and adds what it finds; a thread
 // probes again every discovery.interval and adds new engines to the running sampler.
 class Agent {
  public:
-  Agent(const AgentConfig& config, Clock* clock);
+  // Opens the spool (unless disabled) and wires everything; fails when the spool cannot be
+  // opened (the agent must not run without the durability its config asks for).
+  static absl::StatusOr<std::unique_ptr<Agent>> Create(const AgentConfig& config, Clock* clock);
+  // `spool` null: unacknowledged frames are kept in memory only.
+  Agent(const AgentConfig& config, Clock* clock, std::string boot_id, std::unique_ptr<Spool> spool);
   ~Agent();  // Stop()
   // Starts the local HTTP, then sampling. Unavailable when the HTTP address cannot be bound
   // (nothing is started then).
@@ -67,7 +76,7 @@ class Agent {
 
   const std::string boot_id_;
   std::unique_ptr<Sampler> sampler_;
-  // Frames wait in the spool when `spool:` is configured (and opens), else in memory.
+  // Frames wait in the spool unless it is disabled, else in memory.
   MemoryFrameQueue memory_queue_;
   std::unique_ptr<Spool> spool_;
   FrameQueue* queue_ = &memory_queue_;

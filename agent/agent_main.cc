@@ -127,10 +127,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  fleetwes::agent::Agent agent(*config, clock);
-  log->info("fleetwes-agent {} starting: node {}, boot {}, {} engine(s), aggregators {}",
+  absl::StatusOr<std::unique_ptr<fleetwes::agent::Agent>> created =
+      fleetwes::agent::Agent::Create(*config, clock);
+  if (!created.ok()) return Fail(absl::StrCat(path, ": ", created.status().message()));
+  fleetwes::agent::Agent& agent = **created;
+  log->info("fleetwes-agent {} starting: node {}, boot {}, {} engine(s), aggregators {}, spool {}",
             fleetwes::Version(), config->node_id, agent.boot_id(), config->engines.size(),
-            absl::StrJoin(config->aggregators, ","));
+            absl::StrJoin(config->aggregators, ","),
+            config->spool.enabled ? config->spool.dir : std::string("off (memory only)"));
   if (absl::Status s = agent.Start(); !s.ok()) {
     agent.Stop();
     return Fail(std::string(s.message()));

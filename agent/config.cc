@@ -282,15 +282,17 @@ absl::StatusOr<AgentConfig> ParseRoot(YAML::Node node) {
   if (!spool.ok()) return spool.status();
   if (spool->has_value()) {
     MapReader& sp = **spool;
+    if (absl::Status s = sp.Read("enabled", &cfg.spool.enabled); !s.ok()) return s;
     if (absl::Status s = sp.Read("dir", &cfg.spool.dir); !s.ok()) return s;
-    if (!cfg.spool.dir.empty() && !absl::StartsWith(cfg.spool.dir, "/")) {
+    if (!absl::StartsWith(cfg.spool.dir, "/")) {
       return sp.Error("dir",
                       absl::StrCat("must be an absolute directory, got \"", cfg.spool.dir, "\""));
     }
-    cfg.spool.enabled = !cfg.spool.dir.empty();
     if (absl::Status s = sp.Read("max_bytes", &cfg.spool.max_bytes); !s.ok()) return s;
-    if (cfg.spool.max_bytes < (int64_t{1} << 20) || cfg.spool.max_bytes > (int64_t{1} << 40)) {
-      return sp.Error("max_bytes", "must be 1 MiB..1 TiB (1048576..1099511627776)");
+    if (cfg.spool.max_bytes < SpoolConfig::kMinMaxBytes ||
+        cfg.spool.max_bytes > (int64_t{1} << 40)) {
+      return sp.Error("max_bytes", absl::StrCat("must be 4 KiB..1 TiB (", SpoolConfig::kMinMaxBytes,
+                                                "..1099511627776), got ", cfg.spool.max_bytes));
     }
     if (absl::Status s = sp.ReadDuration("fsync_interval", &cfg.spool.fsync_interval); !s.ok()) {
       return s;

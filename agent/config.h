@@ -43,14 +43,17 @@ struct HardwareConfig {
   std::string nvml_library;
 };
 
-// The durable spool (agent/spool.h). Without a `spool:` section the agent keeps unacknowledged
-// frames in memory only; a `spool:` section (even empty) turns the spool on.
+// The durable spool (agent/spool.h). On by default: unacknowledged frames wait on disk unless
+// the config says `spool: {enabled: false}` (then in memory only, lost when the agent stops).
 struct SpoolConfig {
-  bool enabled = false;  // true when the config has a `spool:` section with a non-empty dir
+  // Default true.
+  bool enabled = true;
   // Default "/var/lib/fleetwes/spool"; an absolute directory, created when missing.
   std::string dir = "/var/lib/fleetwes/spool";
-  // Default 256 MiB; 1 MiB..1 TiB. Oldest segments are evicted (and counted) beyond it.
+  // Default 256 MiB; kMinMaxBytes (4 KiB)..1 TiB. Oldest segments are evicted (and counted)
+  // beyond it. Below 1 MiB the spool holds only a handful of frames: meant for tests.
   int64_t max_bytes = int64_t{256} << 20;
+  static constexpr int64_t kMinMaxBytes = 4096;
   // Default 200ms; 1ms..500ms. Group fsync period (the most a machine crash can lose).
   absl::Duration fsync_interval = absl::Milliseconds(200);
 };

@@ -259,6 +259,8 @@ engines:
     url: "http://127.0.0.1:$engine_port"
 hardware:
   root: /
+spool:
+  dir: "$state/spool"
 EOF
 say "fleetwes-agent for this host ($host_id)"
 start agent "$logs/agent.log" "$bin/fleetwes-agent" --config "$run/agent.yaml"

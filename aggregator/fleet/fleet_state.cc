@@ -34,11 +34,24 @@ void FleetState::ApplyHello(const v1::Hello& hello, absl::Time received_at) {
     next->node_id = hello.node_id();
     next->first_seen = received_at;
   }
-  next->labels = std::map<std::string, std::string>(hello.labels().begin(), hello.labels().end());
-  next->agent_version = hello.agent_version();
-  next->boot_id = hello.boot_id();
-  if (next->latest == nullptr && hello.interval_s() > 0) next->interval_s = hello.interval_s();
   next->last_seen = std::max(next->last_seen, received_at);
+  next->evicted_frames = hello.evicted_frames();
+  std::vector<PendingHello>& pending = pending_[hello.node_id()];
+  std::erase_if(pending, [&](const PendingHello& p) { return p.boot_id == hello.boot_id(); });
+  if (next->latest != nullptr && hello.boot_id() != next->boot_id) {
+    // Newer or older than the current boot: its frames will tell.
+    if (pending.size() >= kMaxPendingBoots) pending.erase(pending.begin());
+    pending.push_back(PendingHello{
+        hello.boot_id(),
+        std::map<std::string, std::string>(hello.labels().begin(), hello.labels().end()),
+        hello.agent_version()});
+  } else {
+    next->labels = std::map<std::string, std::string>(hello.labels().begin(), hello.labels().end());
+    next->agent_version = hello.agent_version();
+    next->boot_id = hello.boot_id();
+    if (next->latest == nullptr && hello.interval_s() > 0) next->interval_s = hello.interval_s();
+  }
+  if (pending.empty()) pending_.erase(hello.node_id());
   nodes_[hello.node_id()] = std::move(next);
 }
 
@@ -71,6 +84,21 @@ void FleetState::ApplyFrame(std::shared_ptr<const v1::Frame> frame, absl::Time r
       if (sample->wes().has_penalized()) {
         ms.last_wes = sample->wes();
         ms.last_wes_window_end = window_end;
+      }
+    }
+    if (frame->boot_id() != next->boot_id) {
+      // A newer boot: the identity its Hello brought takes over.
+      auto pit = pending_.find(next->node_id);
+      if (pit != pending_.end()) {
+        std::vector<PendingHello>& pending = pit->second;
+        for (auto p = pending.begin(); p != pending.end(); ++p) {
+          if (p->boot_id != frame->boot_id()) continue;
+          next->labels = std::move(p->labels);
+          next->agent_version = std::move(p->agent_version);
+          pending.erase(p);
+          break;
+        }
+        if (pending.empty()) pending_.erase(pit);
       }
     }
     next->boot_id = frame->boot_id();

@@ -1,5 +1,15 @@
 // Fleet state: the latest known data per node and per (node, model), fed by ingest after each
-// commit (and rebuilt from PostgreSQL at start). Readers take a snapshot: a consistent copy of
+// commit (and rebuilt from PostgreSQL at start).
+//
+// Boots: a node has one current boot, the one whose frames have the latest window_end. An agent
+// that restarts replays the frames an earlier boot left in its spool on a separate stream whose
+// Hello carries that earlier boot id, so a Hello for another boot than the current one says
+// nothing by itself about which boot is newer. Such a Hello is held back (per node, a few boots)
+// and applied (labels, agent version, boot id) only when a frame of its boot becomes
+// the node's latest frame. A replayed earlier boot therefore never regresses the current boot,
+// labels or latest data; its frames are stored all the same. Window ends come from the agent's
+// clock: a clock stepped back across a restart could keep the old boot current until the new
+// boot's frames pass its last window end. Readers take a snapshot: a consistent copy of
 // the per-node entries, each immutable once published, so ranking and routing never block
 // ingest for longer than the copy of a vector of pointers.
 // Thread-safe (absl::Mutex).
@@ -48,8 +58,10 @@ struct NodeState {
   std::string node_id;
   std::map<std::string, std::string> labels;  // from the latest Hello
   std::string agent_version;
-  std::string boot_id;
+  std::string boot_id;    // the current boot (see above)
   double interval_s = 0;  // from the latest frame, else the Hello (0: unknown)
+  // From the latest Hello of any boot: frames the node's spool dropped unacknowledged, ever.
+  uint64_t evicted_frames = 0;
   absl::Time first_seen;
   absl::Time last_seen;                      // last Hello or frame received
   std::shared_ptr<const v1::Frame> latest;   // latest frame by window end; null before the first
@@ -72,11 +84,12 @@ class FleetState {
   FleetState(const FleetState&) = delete;
   FleetState& operator=(const FleetState&) = delete;
 
-  // Records a node's identity and labels from its Hello.
+  // Records a node's identity and labels from its Hello; a Hello of another boot than the
+  // current one of a node with frames is held back until that boot's frames are the latest.
   void ApplyHello(const v1::Hello& hello, absl::Time received_at);
   // Records a committed frame (WES already recomputed). Frames older than the node's latest
-  // (replays) update nothing but last_seen. Within one frame, when several samples carry the
-  // same model (several engines), the one with the highest decode tokens/s represents it.
+  // (replays, earlier boots) update nothing but last_seen. Within one frame, when several samples
+  // carry the same model (several engines), the one with the highest decode tokens/s represents it.
   void ApplyFrame(std::shared_ptr<const v1::Frame> frame, absl::Time received_at);
   // Restores a node from the store at start (labels, version, first seen, latest frame).
   void Restore(NodeState node);
@@ -87,9 +100,21 @@ class FleetState {
   NodeStatePtr Get(absl::string_view node_id) const;
   size_t size() const;
 
+  // Held-back Hellos kept per node; the oldest received is dropped beyond it.
+  static constexpr size_t kMaxPendingBoots = 4;
+
  private:
+  // What a held-back Hello sets once its boot is current.
+  struct PendingHello {
+    std::string boot_id;
+    std::map<std::string, std::string> labels;
+    std::string agent_version;
+  };
+
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, NodeStatePtr> nodes_ ABSL_GUARDED_BY(mu_);
+  // By node, oldest received first.
+  absl::flat_hash_map<std::string, std::vector<PendingHello>> pending_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace fleetwes::aggregator

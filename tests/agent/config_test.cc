@@ -249,5 +249,49 @@ TEST(ConfigTest, BadHttpAndDiscoveryKeysNameTheKey) {
   EXPECT_THAT(ErrorOf("discovery: {interval: 1s}\n"), HasSubstr("discovery.interval"));
 }
 
+TEST(ConfigTest, SpoolIsOnByDefault) {
+  absl::StatusOr<AgentConfig> c = ParseConfig("");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->spool.enabled);
+  EXPECT_EQ(c->spool.dir, "/var/lib/fleetwes/spool");
+  EXPECT_EQ(c->spool.max_bytes, int64_t{256} << 20);
+  EXPECT_EQ(c->spool.fsync_interval, absl::Milliseconds(200));
+
+  c = ParseConfig("spool: {dir: /tmp/s1}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->spool.enabled);
+  EXPECT_EQ(c->spool.dir, "/tmp/s1");
+}
+
+TEST(ConfigTest, SpoolCanBeTurnedOff) {
+  absl::StatusOr<AgentConfig> c = ParseConfig("spool: {enabled: false}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->spool.enabled);
+}
+
+TEST(ConfigTest, SpoolKeys) {
+  absl::StatusOr<AgentConfig> c = ParseConfig(
+      "spool:\n  enabled: true\n  dir: /data/spool\n  max_bytes: 4096\n"
+      "  fsync_interval: 500ms\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->spool.enabled);
+  EXPECT_EQ(c->spool.dir, "/data/spool");
+  EXPECT_EQ(c->spool.max_bytes, 4096);
+  EXPECT_EQ(c->spool.fsync_interval, absl::Milliseconds(500));
+}
+
+TEST(ConfigTest, BadSpoolValues) {
+  EXPECT_THAT(ErrorOf("spool: {dir: \"\"}\n"),
+              AllOf(HasSubstr("spool.dir"), HasSubstr("absolute directory")));
+  EXPECT_THAT(ErrorOf("spool: {dir: relative/spool}\n"),
+              AllOf(HasSubstr("spool.dir"), HasSubstr("relative/spool")));
+  EXPECT_THAT(ErrorOf("spool: {max_bytes: 4095}\n"),
+              AllOf(HasSubstr("spool.max_bytes"), HasSubstr("4095")));
+  EXPECT_THAT(ErrorOf("spool: {max_bytes: 1099511627777}\n"), HasSubstr("spool.max_bytes"));
+  EXPECT_THAT(ErrorOf("spool: {fsync_interval: 501ms}\n"), HasSubstr("spool.fsync_interval"));
+  EXPECT_THAT(ErrorOf("spool: {enabled: maybe}\n"), HasSubstr("spool.enabled"));
+  EXPECT_THAT(ErrorOf("spool: {size: 1}\n"), HasSubstr("size"));
+}
+
 }  // namespace
 }  // namespace fleetwes::agent

@@ -436,10 +436,10 @@ TEST_F(SpoolTest, OpenFailsCleanlyWhenTheDirectoryCannotBeCreated) {
   EXPECT_FALSE(Spool::Open(o, &clock_).ok());
 }
 
-TEST(SpoolConfigTest, SectionTurnsTheSpoolOnWithDefaults) {
+TEST(SpoolConfigTest, OnByDefaultWithDefaults) {
   auto none = ParseConfig("node_id: n1\n");
   ASSERT_TRUE(none.ok()) << none.status();
-  EXPECT_FALSE(none->spool.enabled);
+  EXPECT_TRUE(none->spool.enabled);
 
   auto defaults = ParseConfig("node_id: n1\nspool: {}\n");
   ASSERT_TRUE(defaults.ok()) << defaults.status();
@@ -459,7 +459,8 @@ TEST(SpoolConfigTest, SectionTurnsTheSpoolOnWithDefaults) {
   EXPECT_FALSE(ParseConfig("node_id: n1\nspool: {dir: relative}\n").ok());
   EXPECT_FALSE(ParseConfig("node_id: n1\nspool: {max_bytes: 10}\n").ok());
   EXPECT_FALSE(ParseConfig("node_id: n1\nspool: {bogus: 1}\n").ok());
-  auto off = ParseConfig("node_id: n1\nspool: {dir: \"\"}\n");
+  EXPECT_FALSE(ParseConfig("node_id: n1\nspool: {dir: \"\"}\n").ok());
+  auto off = ParseConfig("node_id: n1\nspool: {enabled: false}\n");
   ASSERT_TRUE(off.ok()) << off.status();
   EXPECT_FALSE(off->spool.enabled);
 }

@@ -189,5 +189,82 @@ TEST(FleetStateTest, RemembersTheLastMeasuredWesOfAModel) {
   EXPECT_EQ(ms.last_wes_window_end, T0());
 }
 
+// An agent restarted (boot "new") and replays what boot "old" left in its spool on a second
+// stream: the older boot's Hello and frames, arriving in any order around the new boot's, never
+// become the node's current state.
+TEST(FleetStateTest, AReplayedOlderBootDoesNotRegressTheCurrentOne) {
+  FleetState state;
+  auto frame = [](const std::string& boot, uint64_t seq, absl::Time end, double tps) {
+    v1::Frame f = MakeFrame("n1", boot, seq, end, {.tokens_per_s = tps});
+    RecomputeWes(ThermalPenalties{}, &f);
+    return std::make_shared<const v1::Frame>(std::move(f));
+  };
+  v1::Hello old_hello = MakeHello("n1", "old", {{"site", "old-site"}});
+  old_hello.set_agent_version("0.1.0");
+  v1::Hello new_hello = MakeHello("n1", "new", {{"site", "new-site"}});
+  new_hello.set_agent_version("0.2.0");
+  new_hello.set_evicted_frames(3);
+
+  // Boot "old" ran until T0 + 10 s.
+  state.ApplyHello(old_hello, T0());
+  state.ApplyFrame(frame("old", 5, T0() + absl::Seconds(10), 10), T0() + absl::Seconds(10));
+  // The restarted agent says Hello for "new": held back until its frames are the latest.
+  state.ApplyHello(new_hello, T0() + absl::Seconds(20));
+  EXPECT_EQ(state.Get("n1")->boot_id, "old");
+  EXPECT_EQ(state.Get("n1")->labels.at("site"), "old-site");
+  EXPECT_EQ(state.Get("n1")->evicted_frames, 3u);
+  state.ApplyFrame(frame("new", 1, T0() + absl::Seconds(22), 50), T0() + absl::Seconds(22));
+  NodeStatePtr n = state.Get("n1");
+  EXPECT_EQ(n->boot_id, "new");
+  EXPECT_EQ(n->labels.at("site"), "new-site");
+  EXPECT_EQ(n->agent_version, "0.2.0");
+  EXPECT_EQ(n->latest->seq(), 1u);
+
+  // The replay stream of "old": its Hello and its frames (older window ends) change nothing
+  // but last_seen.
+  v1::Hello replay = old_hello;
+  replay.set_evicted_frames(4);
+  state.ApplyHello(replay, T0() + absl::Seconds(23));
+  state.ApplyFrame(frame("old", 6, T0() + absl::Seconds(11), 10), T0() + absl::Seconds(24));
+  state.ApplyFrame(frame("old", 7, T0() + absl::Seconds(12), 10), T0() + absl::Seconds(25));
+  n = state.Get("n1");
+  EXPECT_EQ(n->boot_id, "new");
+  EXPECT_EQ(n->labels.at("site"), "new-site");
+  EXPECT_EQ(n->agent_version, "0.2.0");
+  EXPECT_EQ(n->latest->boot_id(), "new");
+  EXPECT_EQ(n->window_end, T0() + absl::Seconds(22));
+  EXPECT_DOUBLE_EQ(n->models.at("llama3-8b").sample.decode_tokens_per_s(), 50);
+  EXPECT_EQ(n->last_seen, T0() + absl::Seconds(25));
+  EXPECT_EQ(n->evicted_frames, 4u);  // the spool's count, whichever stream reports it
+
+  // The new boot goes on.
+  state.ApplyFrame(frame("new", 2, T0() + absl::Seconds(24), 60), T0() + absl::Seconds(26));
+  EXPECT_EQ(state.Get("n1")->latest->seq(), 2u);
+  EXPECT_EQ(state.Get("n1")->boot_id, "new");
+}
+
+// The replay stream may also win the race: its Hello before the new boot's.
+TEST(FleetStateTest, OlderBootHelloFirstThenNewerBootTakesOverWithItsFrames) {
+  FleetState state;
+  state.ApplyHello(MakeHello("n1", "old", {{"site", "a"}}), T0());
+  state.ApplyFrame(std::make_shared<const v1::Frame>(MakeFrame("n1", "old", 3, T0())), T0());
+  state.ApplyHello(MakeHello("n1", "old", {{"site", "a"}}), T0() + absl::Seconds(5));
+  state.ApplyHello(MakeHello("n1", "new", {{"site", "b"}}), T0() + absl::Seconds(5));
+  state.ApplyFrame(
+      std::make_shared<const v1::Frame>(MakeFrame("n1", "old", 4, T0() + absl::Seconds(1))),
+      T0() + absl::Seconds(6));
+  EXPECT_EQ(state.Get("n1")->boot_id, "old");  // still the latest frames
+  EXPECT_EQ(state.Get("n1")->latest->seq(), 4u);
+  state.ApplyFrame(
+      std::make_shared<const v1::Frame>(MakeFrame("n1", "new", 1, T0() + absl::Seconds(7))),
+      T0() + absl::Seconds(7));
+  EXPECT_EQ(state.Get("n1")->boot_id, "new");
+  EXPECT_EQ(state.Get("n1")->labels.at("site"), "b");
+  // A node's first Hello applies at once, whatever boot.
+  state.ApplyHello(MakeHello("n2", "x", {{"site", "c"}}), T0());
+  EXPECT_EQ(state.Get("n2")->boot_id, "x");
+  EXPECT_EQ(state.Get("n2")->labels.at("site"), "c");
+}
+
 }  // namespace
 }  // namespace fleetwes::aggregator

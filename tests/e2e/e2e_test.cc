@@ -259,7 +259,8 @@ class EndToEndTest : public ::testing::Test {
         "node_id: ", node_id, "\n", "labels:\n  suite: e2e\n",
         "aggregators: [\"127.0.0.1:", grpc_port_, "\"]\n", "interval: 0.5s\n", "engines:\n",
         "  - name: llama\n    kind: llamacpp\n    url: \"http://127.0.0.1:", engine_port_, "\"\n",
-        "hardware:\n  root: \"", hw_root_.string(), "\"\n",
+        "hardware:\n  root: \"", hw_root_.string(), "\"\n", "spool:\n  dir: \"",
+        (dir_ / "spool").string(), "\"\n",
         // Hermetic: no fixed local HTTP port shared with other agents on this machine.
         "http:\n  listen: \"\"\n");
   }
