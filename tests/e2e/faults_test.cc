@@ -269,8 +269,8 @@ class FaultsTest : public ::testing::Test {
                            "\"]\n", "interval: 0.5s\n", "engines:\n",
                            "  - name: llama\n    kind: llamacpp\n    url: \"http://127.0.0.1:",
                            engine_port_, "\"\n", "hardware:\n  root: \"", hw_root_.string(),
-                           "\"\n  nvml: false\n", "spool:\n  dir: \"", spool_dir_.string(),
-                           "\"\n  fsync_interval: 50ms\n", spool_extra));
+                           "\"\n  nvml: false\n", "http:\n  listen: \"\"\n", "spool:\n  dir: \"",
+                           spool_dir_.string(), "\"\n  fsync_interval: 50ms\n", spool_extra));
     agent_ = ChildProcess::Spawn({FLEETWES_AGENT_BIN, "--config", (dir_ / "agent.yaml").string()},
                                  (dir_ / log).string());
     ASSERT_NE(agent_, nullptr);
