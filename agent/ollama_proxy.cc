@@ -377,22 +377,27 @@ void OllamaProxy::Upstream(std::shared_ptr<Exchange> x) {
 
   ollama::ResponseOutcome outcome;
   if (meter.has_value()) outcome = meter->Finish(end);
-  bool failed = false;
+  bool cancelled;
   {
     absl::MutexLock lock(&e->mu);
-    if (!ok && !e->cancelled) {
-      failed = true;
-      e->upstream_failed = true;
-      e->error = error == httplib::Error::Connection ? "unreachable" : httplib::to_string(error);
-    }
-    if (!ok && e->cancelled && !e->headers_ready) e->error = "request cancelled";
-    e->upstream_done = true;
+    cancelled = e->cancelled;
   }
+  // Accounted before the client sees the end of the response.
+  const bool failed = !ok && !cancelled;
   if (failed) ++upstream_errors_;
   meter_errors_ += outcome.parse_errors;
   if (e->metered) {
     if (!ok) outcome.final.reset();  // a cut stream's counts are not the request's
     traffic_.End(e->model, outcome, e->start);
+  }
+  {
+    absl::MutexLock lock(&e->mu);
+    if (failed) {
+      e->upstream_failed = true;
+      e->error = error == httplib::Error::Connection ? "unreachable" : httplib::to_string(error);
+    }
+    if (!ok && !failed && !e->headers_ready) e->error = "request cancelled";
+    e->upstream_done = true;
   }
   // Drop what the client will never read, then let ReapFinished join this thread.
   absl::MutexLock lock(&e->mu);

@@ -352,8 +352,22 @@ TEST(OllamaProbeTest, ProbesAResidentModelAndSkipsWhenBusy) {
   EXPECT_THAT(server.last_ollama_request(),
               AllOf(HasSubstr(R"("model":"llama3.2:1b")"), HasSubstr(R"("num_predict":8)")));
   auto snap = probe.traffic().Snapshot();
-  ASSERT_EQ(snap.count("dolphin3:8b"), 1u);  // the replayed stream names its own model
-  EXPECT_DOUBLE_EQ(snap["dolphin3:8b"].decode_tokens, 9);
+  ASSERT_EQ(snap.count("llama3.2:1b"), 1u);
+  EXPECT_DOUBLE_EQ(snap["llama3.2:1b"].decode_tokens, 9);
+  EXPECT_EQ(snap["llama3.2:1b"].ttft.count, 1);
+
+  // The collector reports the probe's figures as a separate, synthetic model sample.
+  EngineConfig config;
+  config.name = "o";
+  config.kind = v1::ENGINE_KIND_OLLAMA;
+  config.url = server.url();
+  OllamaCollector collector(config, &proxy_traffic, &probe.traffic());
+  EngineReading r = collector.Read();
+  ASSERT_EQ(r.models.size(), 2u);
+  EXPECT_FALSE(r.models[0].synthetic);
+  EXPECT_EQ(r.models[0].decode_tokens_total, 0);
+  EXPECT_TRUE(r.models[1].synthetic);
+  EXPECT_EQ(r.models[1].decode_tokens_total, 9);
   // Real traffic is untouched.
   EXPECT_EQ(proxy_traffic.completed(), 0u);
 

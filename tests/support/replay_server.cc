@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -219,10 +220,21 @@ void ReplayServer::OllamaPost(const std::string& path, const std::string& body,
   }
   absl::StatusOr<std::string> text =
       ReadFixture(path == "/api/chat" ? sim.chat_fixture : sim.generate_fixture);
+  // Like Ollama, the stream names the model the request asked for.
+  std::string model;
+  if (request.is_object() && request.contains("model") && request["model"].is_string()) {
+    model = request["model"].get<std::string>();
+  }
   auto lines = std::make_shared<std::vector<std::string>>();
   if (text.ok()) {
     for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
-      lines->push_back(absl::StrCat(line, "\n"));
+      std::string out = absl::StrCat(line, "\n");
+      constexpr absl::string_view kKey = "{\"model\":\"";
+      if (!model.empty() && absl::StartsWith(out, kKey)) {
+        const size_t end = out.find('"', kKey.size());
+        if (end != std::string::npos) out.replace(kKey.size(), end - kKey.size(), model);
+      }
+      lines->push_back(std::move(out));
     }
   }
   auto filler = std::make_shared<std::string>(absl::StrCat(R"({"model":"filler","response":")",

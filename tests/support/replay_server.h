@@ -71,8 +71,9 @@ struct PromSimOptions {
 };
 
 // An Ollama server replayed from captures: GET /api/version and /api/ps from fixtures, POST
-// /api/generate and /api/chat answered with a captured NDJSON stream (one chunk per line) or,
-// for "stream": false, the captured single object.
+// /api/generate and /api/chat answered with a captured NDJSON stream (one chunk per line, its
+// "model" replaced by the request's, as Ollama echoes it) or, for "stream": false, the
+// captured single object as is.
 struct OllamaSimOptions {
   std::string version_fixture = "ollama-0.11.6/version.json";
   std::string ps_fixture = "ollama-0.34/ps.json";
