@@ -5,6 +5,7 @@
 #include "agent/collectors/ollama_json.h"
 #include "agent/ollama_probe.h"
 #include "agent/ollama_proxy.h"
+#include "agent/sampler.h"
 #include "agent/window.h"
 #include "common/clock.h"
 #include "gmock/gmock.h"
@@ -328,6 +329,59 @@ TEST(OllamaCollectorTest, TrafficBecomesWindowsAndSyntheticStaysApart) {
       ModelWindow(c.engine_id(), c.kind(), nullptr, after.models[1], absl::Seconds(2));
   EXPECT_TRUE(syn.synthetic());
   EXPECT_FALSE(syn.has_decode_tokens_per_s());
+}
+
+class NoHardware final : public HardwareCollector {
+ public:
+  HardwareReading Read() override { return {}; }
+};
+
+// Through the sampler: the real and the synthetic sample of one model each find their own
+// baseline, so neither is mistaken for a counter reset of the other.
+TEST(OllamaSamplerTest, RealAndSyntheticSamplesAreWindowedApart) {
+  FakeClock clock;
+  ReplayServer server(&clock);
+  ASSERT_TRUE(server.EnableOllama().ok());
+  ASSERT_TRUE(server.Start().ok());
+  OllamaTraffic real;
+  OllamaTraffic probe;
+  const ollama::ResponseOutcome chat =
+      MeterBytewise(Fixture("ollama-0.34/chat_stream.ndjson"), true);
+  for (int i = 0; i < 10; ++i) {
+    real.Begin("llama3.2:1b");
+    real.End("llama3.2:1b", chat, clock.Now());
+  }
+  probe.Begin("llama3.2:1b");
+  probe.End("llama3.2:1b", chat, clock.Now());
+
+  std::vector<std::unique_ptr<EngineCollector>> engines;
+  engines.push_back(std::make_unique<OllamaCollector>(Config(server.url()), &real, &probe));
+  SamplerOptions options;
+  options.node_id = "n";
+  options.boot_id = "b";
+  Sampler sampler(options, std::move(engines), std::make_unique<NoHardware>(), &clock);
+  EXPECT_FALSE(sampler.Tick().has_value());
+
+  real.Begin("llama3.2:1b");
+  real.End("llama3.2:1b", chat, clock.Now());
+  probe.Begin("llama3.2:1b");
+  probe.End("llama3.2:1b", chat, clock.Now());
+  clock.Advance(absl::Seconds(2));
+  std::optional<v1::Frame> f = sampler.Tick();
+  ASSERT_TRUE(f.has_value());
+  ASSERT_EQ(f->models_size(), 2);
+  const v1::ModelSample& r = f->models(0);
+  const v1::ModelSample& s = f->models(1);
+  EXPECT_FALSE(r.synthetic());
+  EXPECT_FALSE(r.counters_reset());
+  EXPECT_EQ(r.decode_tokens(), 3u);
+  EXPECT_DOUBLE_EQ(r.decode_tokens_per_s(), 1.5);
+  EXPECT_EQ(r.tpot().count(), 1u);
+  EXPECT_TRUE(s.synthetic());
+  EXPECT_FALSE(s.counters_reset());
+  EXPECT_EQ(s.decode_tokens(), 3u);
+  EXPECT_EQ(s.model(), "llama3.2:1b");
+  EXPECT_EQ(f->engines(0).version(), "0.11.6");
 }
 
 TEST(OllamaProbeTest, ProbesAResidentModelAndSkipsWhenBusy) {
