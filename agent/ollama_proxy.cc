@@ -384,7 +384,11 @@ void OllamaProxy::Upstream(std::shared_ptr<Exchange> x) {
   }
   // Accounted before the client sees the end of the response.
   const bool failed = !ok && !cancelled;
-  if (failed) ++upstream_errors_;
+  if (failed) {
+    ++upstream_errors_;
+    Logger("agent")->warn("ollama proxy: {} {} to {} failed: {}", req.method, req.path,
+                          upstream_base_, httplib::to_string(error));
+  }
   meter_errors_ += outcome.parse_errors;
   if (e->metered) {
     if (!ok) outcome.final.reset();  // a cut stream's counts are not the request's
