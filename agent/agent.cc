@@ -9,14 +9,58 @@
 #include "agent/collectors/linux_hw.h"
 #include "agent/collectors/llamacpp.h"
 #include "agent/collectors/nvml.h"
+#include "agent/collectors/ollama.h"
 #include "agent/collectors/sglang.h"
 #include "agent/collectors/vllm.h"
 #include "agent/discovery.h"
+#include "agent/ollama_probe.h"
+#include "agent/ollama_proxy.h"
 #include "common/logging.h"
 
 namespace fleetwes::agent {
 
-std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config) {
+namespace {
+
+// The collector of an Ollama engine with its proxy and probe when configured. A proxy that
+// cannot listen is logged and left out: the engine is still read for residency.
+std::unique_ptr<EngineCollector> MakeOllamaCollector(const EngineConfig& e, Clock* clock) {
+  std::shared_ptr<OllamaProxy> proxy;
+  if (e.proxy.enabled) {
+    OllamaProxyOptions options;
+    options.listen = e.proxy.listen;
+    options.upstream_url = e.url;
+    options.max_request_bytes = static_cast<size_t>(e.proxy.max_request_bytes);
+    absl::StatusOr<std::unique_ptr<OllamaProxy>> started =
+        OllamaProxy::Start(std::move(options), clock);
+    if (started.ok()) {
+      proxy = *std::move(started);
+      Logger("agent")->info("engine {}: ollama proxy on port {} forwards to {}", e.name,
+                            proxy->port(), e.url);
+    } else {
+      Logger("agent")->error("engine {}: ollama proxy not started: {}", e.name,
+                             std::string(started.status().message()));
+    }
+  }
+  std::shared_ptr<OllamaProbe> probe;
+  if (e.probe.enabled) {
+    OllamaProbeOptions options;
+    options.engine_url = e.url;
+    options.config = e.probe;
+    probe = std::make_shared<OllamaProbe>(std::move(options), proxy ? &proxy->traffic() : nullptr,
+                                          clock);
+    probe->Start();
+  }
+  auto collector = std::make_unique<OllamaCollector>(e, proxy ? &proxy->traffic() : nullptr,
+                                                     probe ? &probe->traffic() : nullptr);
+  if (proxy) collector->Own(proxy);
+  if (probe) collector->Own(probe);  // released first: the probe reads the proxy's traffic
+  return collector;
+}
+
+}  // namespace
+
+std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config,
+                                                                   Clock* clock) {
   std::vector<std::unique_ptr<EngineCollector>> out;
   for (const EngineConfig& e : config.engines) {
     switch (e.kind) {
@@ -28,6 +72,9 @@ std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentCo
         break;
       case v1::ENGINE_KIND_SGLANG:
         out.push_back(std::make_unique<SglangCollector>(e));
+        break;
+      case v1::ENGINE_KIND_OLLAMA:
+        out.push_back(MakeOllamaCollector(e, clock));
         break;
       default:
         if (e.discovered) {
@@ -58,7 +105,7 @@ std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot
   if (config.hardware.nvml) {
     hardware.push_back(std::make_unique<NvmlCollector>(config.hardware.nvml_library));
   }
-  return std::make_unique<Sampler>(std::move(options), MakeEngineCollectors(config),
+  return std::make_unique<Sampler>(std::move(options), MakeEngineCollectors(config, clock),
                                    std::make_unique<CombinedHardwareCollector>(std::move(hardware)),
                                    clock);
 }
@@ -228,7 +275,9 @@ void Agent::RunDiscovery(DiscoveryConfig options, Clock* clock) {
     for (EngineConfig& e : DiscoverEngines(options, known_engines_, &stop_discovery_)) {
       AgentConfig one;
       one.engines = {e};
-      for (auto& collector : MakeEngineCollectors(one)) sampler_->AddEngine(std::move(collector));
+      for (auto& collector : MakeEngineCollectors(one, clock_)) {
+        sampler_->AddEngine(std::move(collector));
+      }
       known_engines_.push_back(std::move(e));
     }
   }

@@ -25,8 +25,10 @@
 namespace fleetwes::agent {
 
 // One collector per configured engine, in config order. Discovered engines of a kind without a
-// collector are skipped (logged).
-std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config);
+// collector are skipped (logged). An Ollama engine's proxy and probe, when configured, start here
+// and live as long as its collector; `clock` times them.
+std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config,
+                                                                   Clock* clock = RealClock());
 
 // A sampler for `config` reading engines and the Linux hardware under hardware.root.
 std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot_id, Clock* clock);

@@ -94,6 +94,58 @@ absl::Status ParsePenalties(MapReader& root, ThermalPenalties* out) {
   return r.Finish();
 }
 
+// `proxy:` and `probe:` of an engine; only kind ollama has them.
+absl::Status ParseOllamaKeys(MapReader& r, EngineConfig* out) {
+  for (const char* key : {"proxy", "probe"}) {
+    if (r.Has(key) && out->kind != v1::ENGINE_KIND_OLLAMA) {
+      return r.Error(key, "is only accepted for kind ollama");
+    }
+  }
+  auto proxy = r.Child("proxy");
+  if (!proxy.ok()) return proxy.status();
+  if (proxy->has_value()) {
+    MapReader& p = **proxy;
+    OllamaProxyConfig& c = out->proxy;
+    c.enabled = true;
+    if (absl::Status s = p.Read("listen", &c.listen); !s.ok()) return s;
+    // Port 0 (any free port) is allowed here, unlike for aggregators.
+    const std::string check = absl::EndsWith(c.listen, ":0")
+                                  ? absl::StrCat(c.listen.substr(0, c.listen.size() - 1), "1")
+                                  : c.listen;
+    if (!ValidHostPort(check)) {
+      return p.Error("listen", absl::StrCat("is not host:port (e.g. \"127.0.0.1:11435\"), got \"",
+                                            c.listen, "\""));
+    }
+    if (absl::Status s = p.Read("max_request_bytes", &c.max_request_bytes); !s.ok()) return s;
+    if (c.max_request_bytes < 1024 || c.max_request_bytes > (int64_t{4} << 30)) {
+      return p.Error("max_request_bytes", "must be 1 KiB..4 GiB (1024..4294967296)");
+    }
+    if (absl::Status s = p.Finish(); !s.ok()) return s;
+  }
+  auto probe = r.Child("probe");
+  if (!probe.ok()) return probe.status();
+  if (probe->has_value()) {
+    MapReader& p = **probe;
+    OllamaProbeConfig& c = out->probe;
+    if (absl::Status s = p.Read("enabled", &c.enabled); !s.ok()) return s;
+    if (absl::Status s = p.Read("model", &c.model); !s.ok()) return s;
+    if (c.model.size() > 256) return p.Error("model", "is longer than 256 characters");
+    if (absl::Status s = p.ReadDuration("interval", &c.interval); !s.ok()) return s;
+    if (c.interval < absl::Minutes(1) || c.interval > absl::Hours(24)) {
+      return p.Error("interval", absl::StrCat("must be between 1m and 24h, got ",
+                                              absl::FormatDuration(c.interval)));
+    }
+    if (absl::Status s = p.Read("prompt", &c.prompt); !s.ok()) return s;
+    if (c.prompt.empty() || c.prompt.size() > 512) {
+      return p.Error("prompt", "must be 1..512 bytes");
+    }
+    if (absl::Status s = p.Read("max_tokens", &c.max_tokens); !s.ok()) return s;
+    if (c.max_tokens < 1 || c.max_tokens > 128) return p.Error("max_tokens", "must be 1..128");
+    if (absl::Status s = p.Finish(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseEngine(MapReader& r, std::set<std::string>* names, EngineConfig* out) {
   if (!r.Has("name")) return r.Error("name", "is required");
   if (absl::Status s = r.Read("name", &out->name); !s.ok()) return s;
@@ -117,9 +169,7 @@ absl::Status ParseEngine(MapReader& r, std::set<std::string>* names, EngineConfi
   } else if (kind == "sglang") {
     out->kind = v1::ENGINE_KIND_SGLANG;
   } else if (kind == "ollama") {
-    return r.Error(
-        "kind",
-        absl::StrCat("\"", kind, "\" is not supported yet; supported: ", SupportedEngineKinds()));
+    out->kind = v1::ENGINE_KIND_OLLAMA;
   } else {
     return r.Error("kind", absl::StrCat("unknown engine kind \"", kind,
                                         "\"; supported: ", SupportedEngineKinds()));
@@ -134,6 +184,7 @@ absl::Status ParseEngine(MapReader& r, std::set<std::string>* names, EngineConfi
     return r.Error("timeout", absl::StrCat("must be between 50ms and 60s, got ",
                                            absl::FormatDuration(out->timeout)));
   }
+  if (absl::Status s = ParseOllamaKeys(r, out); !s.ok()) return s;
   return r.Finish();
 }
 
@@ -317,7 +368,7 @@ absl::StatusOr<AgentConfig> ParseRoot(YAML::Node node) {
 
 }  // namespace
 
-std::string SupportedEngineKinds() { return "llamacpp, vllm, sglang"; }
+std::string SupportedEngineKinds() { return "llamacpp, vllm, sglang, ollama"; }
 
 std::string DefaultEngineUrl(v1::EngineKind kind) {
   switch (kind) {

@@ -16,20 +16,46 @@
 
 namespace fleetwes::agent {
 
+// Ollama only: the opt-in transparent proxy (agent/ollama_proxy.h). Off without a `proxy:` key.
+struct OllamaProxyConfig {
+  bool enabled = false;  // true when the engine has a `proxy:` section
+  // Default "127.0.0.1:11435"; "host:port" or "[v6addr]:port" to listen on (port 0: any).
+  std::string listen = "127.0.0.1:11435";
+  // Default 64 MiB; 1 KiB..4 GiB. Larger request bodies are answered 413.
+  int64_t max_request_bytes = int64_t{64} << 20;
+};
+
+// Ollama only: the opt-in synthetic probe (agent/ollama_probe.h).
+struct OllamaProbeConfig {
+  bool enabled = false;  // default false
+  // Default "": the first resident model of /api/ps (no probe while none is resident). A name
+  // is probed even when it must be loaded first.
+  std::string model;
+  // Default 10m; 1m..24h. At most one probe per interval.
+  absl::Duration interval = absl::Minutes(10);
+  // Default "Reply with one word: ok"; 1..512 bytes.
+  std::string prompt = "Reply with one word: ok";
+  // Default 8; 1..128. num_predict of the probe request.
+  int64_t max_tokens = 8;
+};
+
 // One inference engine the agent scrapes.
 struct EngineConfig {
   // Required; unique among engines; 1..64 chars of [A-Za-z0-9._-]. Becomes EngineStatus.engine_id.
   std::string name;
-  // Required: "llamacpp", "vllm" or "sglang".
+  // Required: "llamacpp", "vllm", "sglang" or "ollama".
   v1::EngineKind kind = v1::ENGINE_KIND_LLAMACPP;
   // Default: the engine's own default port on loopback (DefaultEngineUrl: llamacpp 8080,
-  // vllm 8000, sglang 30000); http:// or https://, host, optional port, optional path
+  // vllm 8000, sglang 30000, ollama 11434); http:// or https://, host, optional port, optional path
   // prefix that is prepended to every endpoint (e.g. behind a reverse proxy).
   std::string url = "http://127.0.0.1:8080";
   // Default 1s; 50ms..60s. Bounds one whole scrape of the engine (all its requests).
   absl::Duration timeout = absl::Seconds(1);
   // Not a config key: true for engines found by discovery (agent/discovery.h).
   bool discovered = false;
+  // Keys `proxy:` and `probe:`, accepted for kind ollama only.
+  OllamaProxyConfig proxy;
+  OllamaProbeConfig probe;
 };
 
 struct HardwareConfig {
@@ -107,7 +133,7 @@ absl::StatusOr<AgentConfig> ParseConfig(std::string_view yaml_text);
 // Same from a file; NotFound when the file does not exist.
 absl::StatusOr<AgentConfig> LoadConfig(const std::string& path);
 
-// The kinds the config accepts today, for messages ("llamacpp, vllm, sglang").
+// The kinds the config accepts today, for messages ("llamacpp, vllm, sglang, ollama").
 std::string SupportedEngineKinds();
 // "http://127.0.0.1:<the engine's default port>".
 std::string DefaultEngineUrl(v1::EngineKind kind);

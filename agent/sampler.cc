@@ -99,11 +99,12 @@ void SetTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
   ts->set_nanos(static_cast<int32_t>(n));
 }
 
-const ModelReading* FindModel(const std::optional<EngineReading>& r, const std::string& model) {
+const ModelReading* FindModel(const std::optional<EngineReading>& r, const ModelReading& cur) {
   if (!r.has_value()) return nullptr;
   for (const ModelReading& m : r->models) {
-    if (m.model == model) return &m;
+    if (m.model == cur.model && m.synthetic == cur.synthetic) return &m;
   }
+  if (cur.synthetic) return nullptr;  // synthetic figures are compared with their own kind only
   // A single-model engine that now serves another model: compare against it so the change is
   // reported as a restart.
   if (r->models.size() == 1) return &r->models[0];
@@ -317,7 +318,7 @@ v1::Frame Sampler::BuildFrame(absl::Time start, absl::Time end,
     if (!r.available) continue;
     for (const ModelReading& m : r.models) {
       *f.add_models() =
-          ModelWindow(c.engine_id(), c.kind(), FindModel(engines_[i].baseline, m.model), m, dt);
+          ModelWindow(c.engine_id(), c.kind(), FindModel(engines_[i].baseline, m), m, dt);
       model_engine.push_back(i);
     }
   }

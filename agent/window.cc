@@ -95,6 +95,8 @@ v1::ModelSample ModelWindow(const std::string& engine_id, v1::EngineKind kind,
   }
   if (cur.vram_bytes.has_value()) m.set_vram_bytes(*cur.vram_bytes);
   if (auto v = GaugeU32(cur.requests_waiting_capacity)) m.set_requests_waiting_capacity(*v);
+  m.set_cpu_offload(cur.cpu_offload);
+  m.set_synthetic(cur.synthetic);
 
   const double seconds = absl::ToDoubleSeconds(dt);
   if (prev == nullptr || seconds <= 0) return m;

@@ -52,6 +52,11 @@ struct ModelReading {
   std::optional<double> preemptions_total;
   // Gauge: requests waiting because the engine lacks capacity (vLLM waiting_by_reason).
   std::optional<double> requests_waiting_capacity;
+  // Part of the model runs on the CPU (Ollama: size_vram < size).
+  bool cpu_offload = false;
+  // The counters come from the agent's synthetic probe, not from real traffic; such a reading
+  // is windowed against the previous synthetic reading of the same model only.
+  bool synthetic = false;
 };
 
 // One read of an engine.

@@ -123,13 +123,43 @@ TEST(ConfigTest, VllmAndSglangWithTheirDefaultPorts) {
 }
 
 TEST(ConfigTest, EngineKinds) {
-  EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: ollama\n"),
-              AllOf(HasSubstr("engines[0].kind"), HasSubstr("line 3"),
-                    HasSubstr("not supported yet"), HasSubstr("llamacpp, vllm, sglang")));
+  EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: tgi\n"),
+              HasSubstr("llamacpp, vllm, sglang, ollama"));
   EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: tgi\n"),
               AllOf(HasSubstr("unknown engine kind"), HasSubstr("llamacpp"), HasSubstr("line 3")));
   EXPECT_THAT(ErrorOf("engines:\n  - name: a\n"),
               AllOf(HasSubstr("engines[0].kind"), HasSubstr("required")));
+}
+
+TEST(ConfigTest, OllamaDefaultsProxyAndProbe) {
+  auto c = ParseConfig("engines:\n  - name: o\n    kind: ollama\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->engines[0].kind, v1::ENGINE_KIND_OLLAMA);
+  EXPECT_EQ(c->engines[0].url, "http://127.0.0.1:11434");
+  EXPECT_FALSE(c->engines[0].proxy.enabled);
+  EXPECT_FALSE(c->engines[0].probe.enabled);
+  EXPECT_EQ(c->engines[0].probe.interval, absl::Minutes(10));
+
+  c = ParseConfig(
+      "engines:\n  - name: o\n    kind: ollama\n    proxy: {}\n"
+      "    probe: {enabled: true, model: \"llama3.2:1b\", interval: 2m, max_tokens: 4}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->engines[0].proxy.enabled);
+  EXPECT_EQ(c->engines[0].proxy.listen, "127.0.0.1:11435");
+  EXPECT_EQ(c->engines[0].proxy.max_request_bytes, int64_t{64} << 20);
+  EXPECT_TRUE(c->engines[0].probe.enabled);
+  EXPECT_EQ(c->engines[0].probe.model, "llama3.2:1b");
+  EXPECT_EQ(c->engines[0].probe.interval, absl::Minutes(2));
+  EXPECT_EQ(c->engines[0].probe.max_tokens, 4);
+
+  EXPECT_THAT(ErrorOf("engines:\n  - name: v\n    kind: vllm\n    proxy: {}\n"),
+              AllOf(HasSubstr("engines[0].proxy"), HasSubstr("only accepted for kind ollama")));
+  EXPECT_THAT(ErrorOf("engines:\n  - name: o\n    kind: ollama\n    proxy: {listen: nope}\n"),
+              AllOf(HasSubstr("engines[0].proxy.listen"), HasSubstr("host:port")));
+  EXPECT_THAT(ErrorOf("engines:\n  - name: o\n    kind: ollama\n    probe: {interval: 30s}\n"),
+              AllOf(HasSubstr("engines[0].probe.interval"), HasSubstr("between 1m and 24h")));
+  EXPECT_THAT(ErrorOf("engines:\n  - name: o\n    kind: ollama\n    probe: {color: red}\n"),
+              HasSubstr("color"));
 }
 
 TEST(ConfigTest, EngineNames) {

@@ -1,5 +1,6 @@
-// fleetwes-replay-engine: a stand-in llama-server for end-to-end tests and the quickstart. It
-// serves the llama.cpp captures with counters that advance at --tokens_per_s and, with
+// fleetwes-replay-engine: a stand-in engine (llama-server, vLLM, SGLang, Ollama) for end-to-end
+// tests and the quickstart. It serves the captures with counters that advance at --tokens_per_s
+// (Ollama: streamed generate/chat answers, one line every --seconds_per_token) and, with
 // --rapl_root, keeps a fake RAPL package zone under that directory whose energy counter
 // advances at --watts (point the agent's hardware.root there). Runs until SIGTERM/SIGINT.
 #include <pthread.h>
@@ -21,8 +22,10 @@
 #include "tests/support/replay_server.h"
 
 ABSL_FLAG(std::string, kind, "llamacpp",
-          "Engine to imitate: llamacpp (b4748 captures), vllm (0.29.0 capture) or sglang (v0.5 "
-          "capture); token counters advance at --tokens_per_s / --prompt_tokens_per_s.");
+          "Engine to imitate: llamacpp (b4748 captures), vllm (0.29.0 capture), sglang (v0.5 "
+          "capture) or ollama (0.11.6/0.34 captures: /api/version, /api/ps, streamed "
+          "/api/generate and /api/chat, one line every --seconds_per_token); token counters "
+          "advance at --tokens_per_s / --prompt_tokens_per_s.");
 ABSL_FLAG(int, port, 0, "Port on 127.0.0.1; 0 picks a free one (see --port_file).");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port here (atomically, once listening).");
 ABSL_FLAG(double, tokens_per_s, 100, "Generated tokens per second (tokens_predicted_total).");
@@ -65,14 +68,14 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "imitates llama-server (captured b4748 responses with advancing "
-      "counters)\nand optionally a RAPL power zone.\n\n"
+      "counters), vLLM, SGLang or Ollama\nand optionally a RAPL power zone.\n\n"
       "  fleetwes-replay-engine --kind=llamacpp --port=0 --port_file=PORT --tokens_per_s=100 "
       "[--rapl_root=DIR --watts=50]");
   absl::ParseCommandLine(argc, argv);
   const std::string kind = absl::GetFlag(FLAGS_kind);
-  if (kind != "llamacpp" && kind != "vllm" && kind != "sglang") {
-    return Fail(
-        absl::StrCat("--kind=", kind, " is not supported (supported: llamacpp, vllm, sglang)"));
+  if (kind != "llamacpp" && kind != "vllm" && kind != "sglang" && kind != "ollama") {
+    return Fail(absl::StrCat("--kind=", kind,
+                             " is not supported (supported: llamacpp, vllm, sglang, ollama)"));
   }
   const double tps = absl::GetFlag(FLAGS_tokens_per_s);
   const double watts = absl::GetFlag(FLAGS_watts);
@@ -104,6 +107,12 @@ int main(int argc, char** argv) {
   sim.requests_per_s = absl::GetFlag(FLAGS_requests_per_s);
   if (kind == "llamacpp") {
     if (absl::Status s = server.EnableLlamaCpp(sim); !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
+  } else if (kind == "ollama") {
+    fleetwes::testing::OllamaSimOptions ollama;
+    ollama.chunk_delay = absl::Seconds(sim.seconds_per_token);
+    if (absl::Status s = server.EnableOllama(ollama); !s.ok()) {
       return Fail(std::string(s.message()));
     }
   } else {

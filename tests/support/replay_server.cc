@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -76,6 +77,11 @@ absl::Status ReplayServer::Start(int port) {
     res.status = r.status;
     res.set_content(r.body, r.content_type.c_str());
   });
+  auto ollama_post = [this](const httplib::Request& req, httplib::Response& res) {
+    OllamaPost(req.path, req.body, &res);
+  };
+  server_->Post("/api/generate", ollama_post);
+  server_->Post("/api/chat", ollama_post);
   if (port == 0) {
     port_ = server_->bind_to_any_port("127.0.0.1");
   } else {
@@ -143,7 +149,126 @@ ReplayResponse ReplayServer::Handle(const std::string& path) {
   if (llamacpp_) {
     if (std::optional<ReplayResponse> r = LlamaCppResponse(path)) return *std::move(r);
   }
+  if (ollama_ && (path == "/api/version" || path == "/api/ps")) {
+    absl::StatusOr<std::string> body =
+        ReadFixture(path == "/api/ps" ? ollama_sim_.ps_fixture : ollama_sim_.version_fixture);
+    if (body.ok()) return ReplayResponse{200, kJson, *std::move(body)};
+  }
   return ReplayResponse{404, "text/plain", "File Not Found"};
+}
+
+absl::Status ReplayServer::EnableOllama(const OllamaSimOptions& options) {
+  for (const std::string* f :
+       {&options.version_fixture, &options.ps_fixture, &options.generate_fixture,
+        &options.chat_fixture, &options.nonstream_fixture}) {
+    if (absl::StatusOr<std::string> text = ReadFixture(*f); !text.ok()) return text.status();
+  }
+  absl::MutexLock lock(&mu_);
+  ollama_ = true;
+  ollama_sim_ = options;
+  return absl::OkStatus();
+}
+
+void ReplayServer::ReleaseOllamaChunks(int n) {
+  absl::MutexLock lock(&mu_);
+  ollama_released_ += n;
+}
+
+int ReplayServer::ollama_chunks_sent() const {
+  absl::MutexLock lock(&mu_);
+  return ollama_chunks_;
+}
+
+uint64_t ReplayServer::ollama_bytes_sent() const {
+  absl::MutexLock lock(&mu_);
+  return ollama_bytes_;
+}
+
+int ReplayServer::ollama_streams_done() const {
+  absl::MutexLock lock(&mu_);
+  return ollama_done_;
+}
+
+std::string ReplayServer::last_ollama_request() const {
+  absl::MutexLock lock(&mu_);
+  return ollama_last_request_;
+}
+
+void ReplayServer::OllamaPost(const std::string& path, const std::string& body,
+                              httplib::Response* res) {
+  OllamaSimOptions sim;
+  {
+    absl::MutexLock lock(&mu_);
+    ++hits_[path];
+    if (!ollama_) {
+      res->status = 404;
+      res->set_content("404 page not found", "text/plain");
+      return;
+    }
+    sim = ollama_sim_;
+    ollama_last_request_ = body;
+  }
+  nlohmann::json request = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  const bool stream = !request.is_object() || !request.contains("stream") ||
+                      !request["stream"].is_boolean() || request["stream"].get<bool>();
+  if (!stream) {
+    absl::StatusOr<std::string> text = ReadFixture(sim.nonstream_fixture);
+    res->set_content(text.ok() ? *text : "{}", "application/json; charset=utf-8");
+    absl::MutexLock lock(&mu_);
+    ++ollama_done_;
+    return;
+  }
+  absl::StatusOr<std::string> text =
+      ReadFixture(path == "/api/chat" ? sim.chat_fixture : sim.generate_fixture);
+  // Like Ollama, the stream names the model the request asked for.
+  std::string model;
+  if (request.is_object() && request.contains("model") && request["model"].is_string()) {
+    model = request["model"].get<std::string>();
+  }
+  auto lines = std::make_shared<std::vector<std::string>>();
+  if (text.ok()) {
+    for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+      std::string out = absl::StrCat(line, "\n");
+      constexpr absl::string_view kKey = "{\"model\":\"";
+      if (!model.empty() && absl::StartsWith(out, kKey)) {
+        const size_t end = out.find('"', kKey.size());
+        if (end != std::string::npos) out.replace(kKey.size(), end - kKey.size(), model);
+      }
+      lines->push_back(std::move(out));
+    }
+  }
+  auto filler = std::make_shared<std::string>(absl::StrCat(R"({"model":"filler","response":")",
+                                                           std::string(sim.filler_bytes, 'x'),
+                                                           R"(","done":false})", "\n"));
+  const size_t total = lines->size() + static_cast<size_t>(std::max(0, sim.filler_lines));
+  res->set_chunked_content_provider(
+      "application/x-ndjson",
+      [this, lines, filler, total, sim, next = size_t{0}](size_t, httplib::DataSink& sink) mutable {
+        if (next == total) {
+          absl::MutexLock lock(&mu_);
+          ++ollama_done_;
+          sink.done();
+          return true;
+        }
+        if (sim.chunk_delay > absl::ZeroDuration() && next > 0) absl::SleepFor(sim.chunk_delay);
+        if (sim.gated) {
+          absl::MutexLock lock(&mu_);
+          auto released = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+            return stopping_ || ollama_released_ > 0;
+          };
+          mu_.Await(absl::Condition(&released));
+          if (stopping_) return false;
+          --ollama_released_;
+        }
+        const size_t fillers = static_cast<size_t>(std::max(0, sim.filler_lines));
+        const std::string& line = next < fillers ? *filler : (*lines)[next - fillers];
+        ++next;
+        if (!sink.write(line.data(), line.size())) return false;
+        absl::MutexLock lock(&mu_);
+        ++ollama_chunks_;
+        ollama_bytes_ += line.size();
+        return true;
+      });
 }
 
 absl::Status ReplayServer::EnablePromEngine(const PromSimOptions& options) {

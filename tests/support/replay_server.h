@@ -27,6 +27,7 @@
 
 namespace httplib {
 class Server;
+struct Response;
 }  // namespace httplib
 
 namespace fleetwes::testing {
@@ -67,6 +68,26 @@ struct PromSimOptions {
     double value_s = 0;
   };
   std::map<std::string, Observations> histograms;
+};
+
+// An Ollama server replayed from captures: GET /api/version and /api/ps from fixtures, POST
+// /api/generate and /api/chat answered with a captured NDJSON stream (one chunk per line, its
+// "model" replaced by the request's, as Ollama echoes it) or, for "stream": false, the
+// captured single object as is.
+struct OllamaSimOptions {
+  std::string version_fixture = "ollama-0.11.6/version.json";
+  std::string ps_fixture = "ollama-0.34/ps.json";
+  std::string generate_fixture = "ollama-0.11.6/generate_stream_warm.ndjson";
+  std::string chat_fixture = "ollama-0.34/chat_stream.ndjson";
+  std::string nonstream_fixture = "ollama-0.11.6/generate_nonstream.json";
+  // Real time between two chunks (an engine's decode pace; fleetwes-replay-engine).
+  absl::Duration chunk_delay = absl::ZeroDuration();
+  // Gated: each chunk waits until the test releases it (ReleaseOllamaChunks).
+  bool gated = false;
+  // Lines of `filler_bytes` each sent before the capture's lines ({"response":"xxx...",
+  // "done":false}), for tests of large streams.
+  int filler_lines = 0;
+  size_t filler_bytes = 64 << 10;
 };
 
 // The fixture `text` with the series of `options` advanced by `elapsed`.
@@ -111,6 +132,18 @@ class ReplayServer {
   // e.g. /version or /v1/models, are served as well). Replaces the llama.cpp mode.
   absl::Status EnablePromEngine(const PromSimOptions& options);
 
+  // Serves the Ollama routes (replaces no other mode; routes set with SetRoute take
+  // precedence for GET).
+  absl::Status EnableOllama(const OllamaSimOptions& options = {});
+  // Lets `n` more gated chunks go out.
+  void ReleaseOllamaChunks(int n);
+  // Generate/chat chunks and bytes written so far, and streams completed.
+  int ollama_chunks_sent() const;
+  uint64_t ollama_bytes_sent() const;
+  int ollama_streams_done() const;
+  // The body of the last generate/chat request received.
+  std::string last_ollama_request() const;
+
   // The simulated counters at the clock's current time.
   uint64_t tokens_predicted_total() const;
   uint64_t prompt_tokens_total() const;
@@ -128,6 +161,7 @@ class ReplayServer {
   std::optional<ReplayResponse> LlamaCppResponse(const std::string& path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ReplayResponse Handle(const std::string& path);
+  void OllamaPost(const std::string& path, const std::string& body, httplib::Response* res);
 
   Clock* const clock_;
   std::unique_ptr<httplib::Server> server_;
@@ -148,6 +182,15 @@ class ReplayServer {
   absl::Time base_time_ ABSL_GUARDED_BY(mu_);
   Counters base_ ABSL_GUARDED_BY(mu_) = {};
   std::map<std::string, std::string> fixtures_ ABSL_GUARDED_BY(mu_);
+
+  // Ollama mode.
+  bool ollama_ ABSL_GUARDED_BY(mu_) = false;
+  OllamaSimOptions ollama_sim_ ABSL_GUARDED_BY(mu_);
+  int ollama_released_ ABSL_GUARDED_BY(mu_) = 0;
+  int ollama_chunks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t ollama_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int ollama_done_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string ollama_last_request_ ABSL_GUARDED_BY(mu_);
 
   // Prometheus engine mode.
   bool prom_ ABSL_GUARDED_BY(mu_) = false;
