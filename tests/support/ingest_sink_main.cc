@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "fleetwes/v1/ingest.grpc.pb.h"
+#include "tests/support/tool_main.h"
 
 ABSL_FLAG(int, port, 0, "Port on 127.0.0.1; 0 picks a free one (see --port_file).");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port here (atomically, once listening).");
@@ -48,26 +49,10 @@ class Sink final : public fleetwes::v1::Ingest::Service {
   std::atomic<uint64_t> frames_{0};
 };
 
-bool WritePortFile(const std::string& path, int port) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << port << "\n";
-    out.close();
-    if (!out) return false;
-  }
-  return std::rename(tmp.c_str(), path.c_str()) == 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "ingest_sink_main.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
+  fleetwes::testing::HelpListsFlagsOf("ingest_sink_main.cc");
   absl::SetProgramUsageMessage(
       "acknowledges every frame published to it and stores nothing (benchmarks).\n\n"
       "  fleetwes-ingest-sink --port=0 --port_file=PORT");
@@ -93,7 +78,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (const std::string file = absl::GetFlag(FLAGS_port_file); !file.empty()) {
-    if (!WritePortFile(file, port)) {
+    if (!fleetwes::testing::WritePortFile(file, port)) {
       std::cerr << "fleetwes-ingest-sink: cannot write " << file << "\n";
       return 1;
     }

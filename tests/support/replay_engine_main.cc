@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "tests/support/replay_server.h"
+#include "tests/support/tool_main.h"
 
 ABSL_FLAG(std::string, kind, "llamacpp",
           "Engine to imitate: llamacpp (b4748 captures), vllm (0.29.0 capture), sglang (v0.5 "
@@ -45,27 +46,10 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-bool WritePortFile(const std::string& path, int port) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << port << "\n";
-    out.close();
-    if (!out) return false;
-  }
-  return std::rename(tmp.c_str(), path.c_str()) == 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --help lists this file's flags (absl matches flag files against the program name).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "replay_engine_main.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
+  fleetwes::testing::HelpListsFlagsOf("replay_engine_main.cc");
   absl::SetProgramUsageMessage(
       "imitates llama-server (captured b4748 responses with advancing "
       "counters), vLLM, SGLang or Ollama\nand optionally a RAPL power zone.\n\n"
@@ -133,7 +117,8 @@ int main(int argc, char** argv) {
     return Fail(std::string(s.message()));
   }
   if (const std::string pf = absl::GetFlag(FLAGS_port_file); !pf.empty()) {
-    if (!WritePortFile(pf, server.port())) return Fail(absl::StrCat("cannot write ", pf));
+    if (!fleetwes::testing::WritePortFile(pf, server.port()))
+      return Fail(absl::StrCat("cannot write ", pf));
   }
   std::cerr << "fleetwes-replay-engine: " << kind << " on " << server.url() << ", " << tps
             << " tokens/s"
