@@ -11,6 +11,7 @@
 #include "common/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/promtool.h"
 
 namespace fleetwes::agent {
 namespace {
@@ -211,6 +212,16 @@ TEST_F(LocalHttpTest, MetricsHaveOwnCountersAndTheLastFrame) {
   EXPECT_THAT(r->body, Not(HasSubstr("qwen-7b")));
   EXPECT_THAT(r->body, HasSubstr("fleetwes_agent_frames_produced_total 2\n"));
   EXPECT_THAT(r->body, HasSubstr("fleetwes_agent_last_frame_seq 2\n"));
+}
+
+// `promtool check metrics` has nothing to say about the agent's exposition.
+TEST_F(LocalHttpTest, MetricsPassPromtoolLint) {
+  http_->PublishFrame(MakeFrame(1, true));
+  auto r = client_->Get("/metrics");
+  ASSERT_TRUE(r);
+  const std::optional<std::string> findings = fleetwes::testing::PromtoolFindings(r->body);
+  if (!findings.has_value()) GTEST_SKIP() << "promtool not installed (deploy/install-deps.sh)";
+  EXPECT_EQ(*findings, "") << r->body;
 }
 
 TEST_F(LocalHttpTest, StatusIsJson) {

@@ -3,9 +3,6 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
-#include <cstdlib>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -14,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "aggregator/ingest/recompute_wes.h"
 #include "tests/aggregator/test_frames.h"
+#include "tests/support/promtool.h"
 
 namespace fleetwes::aggregator {
 namespace {
@@ -87,9 +85,6 @@ TEST_F(HttpServerTest, ServesMetricsHealthzAnd404OnAnEphemeralPort) {
 // `promtool check metrics` (Debian's prometheus package, installed by deploy/install-deps.sh)
 // finds nothing to say about the exposition: names, units, help, types.
 TEST_F(HttpServerTest, MetricsPassPromtoolLint) {
-  if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "promtool not installed (deploy/install-deps.sh installs it)";
-  }
   AddNode("studio-01", {.tokens_per_s = 89, .watts = 60}, T0());
   AddNode("old-06", {.tokens_per_s = 10, .watts = 10}, T0() - absl::Minutes(5));
   metrics_.CountRejected(RejectReason::kWindow);
@@ -98,19 +93,9 @@ TEST_F(HttpServerTest, MetricsPassPromtoolLint) {
   metrics_.writer_commit_seconds().Observe(0.01);
   const std::string text =
       RenderMetrics(*metrics_.registry(), state_.Snapshot(), clock_.Now(), StalenessPolicy{});
-  const std::string dir = ::testing::TempDir();
-  const std::string in = dir + "/fleetwes_metrics.txt";
-  const std::string out = dir + "/fleetwes_promtool.txt";
-  {
-    std::ofstream f(in);
-    f << text;
-  }
-  const int rc = std::system(("promtool check metrics < " + in + " > " + out + " 2>&1").c_str());
-  std::ifstream report(out);
-  const std::string findings((std::istreambuf_iterator<char>(report)),
-                             std::istreambuf_iterator<char>());
-  EXPECT_EQ(rc, 0) << findings;
-  EXPECT_EQ(findings, "") << text;
+  const std::optional<std::string> findings = fleetwes::testing::PromtoolFindings(text);
+  if (!findings.has_value()) GTEST_SKIP() << "promtool not installed (deploy/install-deps.sh)";
+  EXPECT_EQ(*findings, "") << text;
 }
 
 // The JSON API over real HTTP, from the same fleet state the gRPC services read.
