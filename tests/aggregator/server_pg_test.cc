@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "aggregator/server.h"
+#include "aggregator/store/partitions.h"
 #include "fleetwes/v1/fleet.grpc.pb.h"
 #include "fleetwes/v1/ingest.grpc.pb.h"
 #include "fleetwes/v1/router.grpc.pb.h"
@@ -55,6 +56,7 @@ class ServerPgTest : public fleetwes::testing::PgTest {
     config.http_listen = "127.0.0.1:0";
     config.database_url = db().url();
     config.writer.max_batch_delay = absl::Milliseconds(5);
+    config.retention = retention_;
     server_ = std::make_unique<AggregatorServer>(config, &clock_);
     absl::Notification never;
     ASSERT_TRUE(server_->Start(&never).ok());
@@ -120,6 +122,7 @@ class ServerPgTest : public fleetwes::testing::PgTest {
   }
 
   FakeClock clock_{T0() + absl::Seconds(1)};
+  RetentionConfig retention_;
   std::unique_ptr<AggregatorServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Ingest::Stub> ingest_;
@@ -266,6 +269,43 @@ TEST_F(ServerPgTest, FleetServesTheLeaderboardNodesAndHistory) {
       << "before:\n"
       << before_pick.DebugString() << "after:\n"
       << after_pick.DebugString();
+}
+
+TEST_F(ServerPgTest, TheRetentionTimerDropsExpiredPartitions) {
+  server_->Stop();
+  retention_.frames_days = 3;
+  retention_.check_interval = absl::Minutes(10);
+  StartAggregator();
+  // A day far past the frames retention, as an aggregator that was down a while would find it,
+  // with a row in it.
+  {
+    pqxx::connection c(db().url());
+    ASSERT_TRUE(
+        CreateDayPartitions(c, "frames", absl::CivilDay(2025, 12, 1), absl::CivilDay(2025, 12, 1))
+            .ok());
+    pqxx::work tx(c);
+    tx.exec(
+        "INSERT INTO frames (node_id, boot_id, seq, window_start, window_end, received_at, "
+        "interval_s, decode_tokens_per_s, pue, thermal_state, memory_pressure, frame) VALUES "
+        "('n1', 'b1', 1, '2025-12-01 11:59:58+00', '2025-12-01 12:00:00+00', now(), 2, 3, 1, 1, "
+        "false, '\\x00')");
+    tx.commit();
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM frames_p20251201"), 1);
+  const double dropped_before = server_->metrics().partitions_dropped().Value();
+
+  // The timer's next pass, one check_interval later on the aggregator's clock.
+  clock_.Advance(absl::Minutes(10));
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (server_->metrics().partitions_dropped().Value() == dropped_before &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM pg_class WHERE relname = 'frames_p20251201'"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM frames"), 0);
+  EXPECT_EQ(server_->metrics().partitions_dropped().Value(), dropped_before + 1);
+  // Today's partition and the ones ahead are still there.
+  EXPECT_EQ(Count("SELECT count(*) FROM pg_class WHERE relname = 'frames_p20260101'"), 1);
 }
 
 TEST_F(ServerPgTest, HealthCheckingIsServing) {
