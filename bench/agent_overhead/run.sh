@@ -148,7 +148,7 @@ if "$bin/fleetwes-agent" --help 2>&1 | grep -q 7472; then
 fi
 "$bin/fleetwes-agent" --config="$work/agent.yaml" --check-config >/dev/null ||
   die "agent config rejected: $("$bin/fleetwes-agent" --config="$work/agent.yaml" --check-config 2>&1)"
-FLEETWES_FAKE_NVML_SCENARIO="$scenario" "$bin/fleetwes-agent" --config="$work/agent.yaml" \
+FLEETWES_FAKE_NVML_SCENARIO="$scenario" FLEETWES_FAKE_NVML_STATIC=1 "$bin/fleetwes-agent" --config="$work/agent.yaml" \
   >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=($agent_pid)

@@ -1,6 +1,7 @@
 // A fake NVML (libnvidia-ml.so) for agent tests, loaded by the agent's real dlopen loader.
 // Scripted by the file named in env FLEETWES_FAKE_NVML_SCENARIO, re-read on every call so a
-// test changes GPU state between reads by rewriting the file. Lines:
+// test changes GPU state between reads by rewriting the file (read once when
+// FLEETWES_FAKE_NVML_STATIC is set). Lines:
 //   init=ok|fail
 //   gpu<N> key=value ...   keys: name power_mw energy_mj temp slowdown gpumax clock clock_max
 //                          mask mem_total mem_used unsupported=<comma list of the same keys>
@@ -34,7 +35,7 @@ struct Scenario {
   std::vector<Gpu> gpus;
 };
 
-Scenario Load() {
+Scenario Parse() {
   Scenario s;
   const char* path = std::getenv("FLEETWES_FAKE_NVML_SCENARIO");
   if (path == nullptr) return s;
@@ -54,6 +55,16 @@ Scenario Load() {
     s.gpus.push_back(g);
   }
   return s;
+}
+
+// The scenario, re-read on every call so tests can change it between reads; with
+// FLEETWES_FAKE_NVML_STATIC set (benchmarks) read once, so the fake's own parsing does not count
+// as the agent's cost.
+Scenario Load() {
+  static const bool kStatic = std::getenv("FLEETWES_FAKE_NVML_STATIC") != nullptr;
+  if (!kStatic) return Parse();
+  static const Scenario* const kOnce = new Scenario(Parse());
+  return *kOnce;
 }
 
 // Devices are handles 1..N cast to pointers.
