@@ -2,18 +2,12 @@
 // fleetwes-agent sampling it every 0.5 s, a fleetwes-aggregator writing to a fresh PostgreSQL
 // database; then the rows, the WES arithmetic and the leaderboard are checked. Every child
 // process is stopped in TearDown and dies with the test process (PR_SET_PDEATHSIG).
-#include <fcntl.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -34,6 +28,7 @@
 #include "absl/time/time.h"
 #include "fleetwes/v1/fleet.grpc.pb.h"
 #include "fleetwes/v1/telemetry.pb.h"
+#include "tests/support/child_process.h"
 #include "tests/support/pg_test_db.h"
 
 extern char** environ;
@@ -46,124 +41,10 @@ namespace fs = std::filesystem;
 constexpr double kTokensPerS = 100;
 constexpr double kWatts = 40;
 
-// A child process whose output goes to a file. Stopped (SIGTERM, then SIGKILL) on destruction.
-class Child {
- public:
-  // Starts argv[0] with `env` added to this process's environment.
-  static std::unique_ptr<Child> Spawn(const std::vector<std::string>& argv,
-                                      const std::string& output_path,
-                                      const std::map<std::string, std::string>& env = {}) {
-    // Everything the child needs is prepared before fork: after it, only exec-safe calls.
-    std::vector<std::string> env_storage;
-    for (char** e = environ; *e != nullptr; ++e) {
-      const std::string kv = *e;
-      const std::string key = kv.substr(0, kv.find('='));
-      if (env.count(key) == 0) env_storage.push_back(kv);
-    }
-    for (const auto& [k, v] : env) env_storage.push_back(absl::StrCat(k, "=", v));
-    std::vector<char*> envp, args;
-    for (auto& s : env_storage) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    std::vector<std::string> argv_copy = argv;
-    for (auto& s : argv_copy) args.push_back(s.data());
-    args.push_back(nullptr);
-    const int fd = open(output_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return nullptr;
-    const pid_t parent = getpid();
+using Child = testing::ChildProcess;
+using testing::PollUntil;
 
-    const pid_t pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      dup2(fd, STDOUT_FILENO);
-      dup2(fd, STDERR_FILENO);
-      const int devnull = open("/dev/null", O_RDONLY);
-      if (devnull >= 0) dup2(devnull, STDIN_FILENO);
-      execve(args[0], args.data(), envp.data());
-      _exit(127);
-    }
-    close(fd);
-    if (pid < 0) return nullptr;
-    return std::unique_ptr<Child>(new Child(pid, output_path));
-  }
-
-  ~Child() { Stop(); }
-
-  bool Running() {
-    if (exited_) return false;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      exited_ = true;
-      status_ = status;
-      return false;
-    }
-    return true;
-  }
-
-  // Waits for the process to exit by itself; nullopt on timeout.
-  std::optional<int> Wait(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (Running()) {
-      if (absl::Now() > deadline) return std::nullopt;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
-  }
-
-  // SIGTERM, up to `grace` to exit, then SIGKILL. Returns the exit code (128+signal if killed).
-  int Stop(absl::Duration grace = absl::Seconds(15)) {
-    if (Running()) {
-      kill(pid_, SIGTERM);
-      if (!Wait(grace).has_value()) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status_, 0);
-        exited_ = true;
-      }
-    }
-    return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
-  }
-
-  std::string Output() const {
-    std::ifstream in(path_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-  pid_t pid() const { return pid_; }
-
- private:
-  Child(pid_t pid, std::string path) : pid_(pid), path_(std::move(path)) {}
-  pid_t pid_;
-  std::string path_;
-  bool exited_ = false;
-  int status_ = 0;
-};
-
-// A free loopback port: bound to port 0, read back, released.
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return 0;
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-// Polls `done` until it returns true or `timeout` passes.
-bool PollUntil(absl::Duration timeout, const std::function<bool()>& done) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  return true;
-}
+int FreePort() { return testing::FreeLoopbackPort(); }
 
 void WriteFile(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::trunc);
