@@ -182,8 +182,9 @@ absl::StatusOr<std::string> JsonApi::Node(absl::string_view id, const Params& pa
 }
 
 absl::StatusOr<std::string> JsonApi::RouteBest(const Params& params) {
-  if (absl::Status s = CheckParams(params, {"model", "objective", "count", "max_ttft_s",
-                                            "max_queue", "min_kv_headroom", "max_data_age_s"});
+  if (absl::Status s =
+          CheckParams(params, {"model", "objective", "count", "max_ttft_s", "max_queue",
+                               "min_kv_headroom", "max_data_age_s", "mode"});
       !s.ok()) {
     return s;
   }
@@ -205,6 +206,17 @@ absl::StatusOr<std::string> JsonApi::RouteBest(const Params& params) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "objective: one of efficiency, latency, balanced expected, got \"", *o, "\""));
+    }
+  }
+  if (const std::string* m = Param(params, "mode")) {
+    const std::string mode = absl::AsciiStrToLower(*m);
+    if (mode == "ranked") {
+      request.set_mode(v1::PICK_MODE_RANKED);
+    } else if (mode == "one") {
+      request.set_mode(v1::PICK_MODE_ONE);
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("mode: one of ranked, one expected, got \"", *m, "\""));
     }
   }
   absl::StatusOr<uint32_t> count = UintParam(params, "count", kPickMaxCount);
@@ -230,7 +242,7 @@ absl::StatusOr<std::string> JsonApi::RouteBest(const Params& params) {
   }
 
   absl::StatusOr<v1::PickResponse> picked =
-      Pick(request, state_->Snapshot(), clock_->Now(), policy_);
+      Pick(request, CandidatesFor(*state_, request.model()), clock_->Now(), policy_);
   absl::StatusOr<std::string> body = ProtoJson(picked);
   if (!body.ok()) return body.status();
   nlohmann::json j = nlohmann::json::parse(*body, nullptr, /*allow_exceptions=*/false);

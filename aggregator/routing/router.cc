@@ -8,9 +8,10 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/random/distributions.h"
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "aggregator/fleet/leaderboard.h"
 #include "aggregator/ingest/validate.h"
 #include "common/wes.h"
@@ -56,6 +57,10 @@ absl::Status ValidateRequest(const v1::PickRequest& r) {
     return absl::InvalidArgumentError(
         absl::StrCat("objective: unknown value ", static_cast<int>(r.objective())));
   }
+  if (!v1::PickMode_IsValid(r.mode())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mode: unknown value ", static_cast<int>(r.mode())));
+  }
   const v1::Constraints& c = r.constraints();
   if (c.has_max_ttft_s() && !(std::isfinite(c.max_ttft_s()) && c.max_ttft_s() >= 0)) {
     return absl::InvalidArgumentError("constraints.max_ttft_s: must be a finite number >= 0");
@@ -82,58 +87,109 @@ absl::Status ValidateRequest(const v1::PickRequest& r) {
   return absl::OkStatus();
 }
 
-// Why `ms` on `node` fails the request's constraints; nullopt if it qualifies.
-std::optional<std::string> Disqualify(const NodeState& node, const ModelState& ms,
-                                      const v1::Constraints& c, absl::Duration age,
-                                      const StalenessPolicy& policy) {
-  const double age_s = absl::ToDoubleSeconds(age);
-  const absl::Duration threshold = policy.Threshold(ms.interval_s);
-  if (age > threshold) {
-    return absl::StrCat("stale: data ", Seconds(age_s), " old (stale after ",
-                        Seconds(absl::ToDoubleSeconds(threshold)), ")");
-  }
-  if (c.has_max_data_age_s() && age_s > c.max_data_age_s()) {
-    return absl::StrCat("data ", Seconds(age_s), " old (max ", Seconds(c.max_data_age_s()), ")");
+// The first constraint a node serving the model fails (docs/api.md gives the order).
+enum class Why : uint8_t {
+  kQualifies,
+  kExcludedByRequest,
+  kStale,
+  kDataAge,
+  kLabel,
+  kThermal,
+  kKvNotReported,
+  kKvHeadroom,
+  kQueueNotReported,
+  kQueue,
+  kTtftNotMeasured,
+  kTtft,
+};
+
+// Cheap: no allocation; Explain formats the reason only for the nodes that get one.
+Why Check(const NodeState& node, const ModelState& ms, const v1::Constraints& c, absl::Duration age,
+          const StalenessPolicy& policy) {
+  if (age > policy.Threshold(ms.interval_s)) return Why::kStale;
+  if (c.has_max_data_age_s() && absl::ToDoubleSeconds(age) > c.max_data_age_s()) {
+    return Why::kDataAge;
   }
   for (const auto& [key, want] : c.required_labels()) {
     auto it = node.labels.find(key);
-    if (it == node.labels.end())
-      return absl::StrCat("label ", key, " missing (want \"", want, "\")");
-    if (it->second != want) {
-      return absl::StrCat("label ", key, "=\"", it->second, "\" (want \"", want, "\")");
-    }
+    if (it == node.labels.end() || it->second != want) return Why::kLabel;
   }
-  const v1::ThermalState state = StateOf(ms);
-  if (c.max_thermal_state() != v1::THERMAL_STATE_UNSPECIFIED && state > c.max_thermal_state()) {
-    return absl::StrCat("thermal state ", std::string(ThermalStateName(state)), " above ",
-                        std::string(ThermalStateName(c.max_thermal_state())));
+  if (c.max_thermal_state() != v1::THERMAL_STATE_UNSPECIFIED &&
+      StateOf(ms) > c.max_thermal_state()) {
+    return Why::kThermal;
   }
   const v1::ModelSample& m = ms.sample;
   if (c.has_min_kv_headroom()) {
-    if (!m.has_kv_cache_usage()) return std::string("KV cache use not reported");
-    const double headroom = 1.0 - m.kv_cache_usage();
-    if (headroom < c.min_kv_headroom()) {
-      return absl::StrFormat("KV headroom %.2f below %.2f", headroom, c.min_kv_headroom());
-    }
+    if (!m.has_kv_cache_usage()) return Why::kKvNotReported;
+    if (1.0 - m.kv_cache_usage() < c.min_kv_headroom()) return Why::kKvHeadroom;
   }
   if (c.has_max_queue()) {
-    if (!m.has_requests_waiting()) return std::string("queue not reported");
-    if (m.requests_waiting() > c.max_queue()) {
-      return absl::StrCat("queue ", m.requests_waiting(), " above ", c.max_queue());
-    }
+    if (!m.has_requests_waiting()) return Why::kQueueNotReported;
+    if (m.requests_waiting() > c.max_queue()) return Why::kQueue;
   }
   if (c.has_max_ttft_s()) {
     if (m.ttft().has_p95_s()) {
-      if (m.ttft().p95_s() > c.max_ttft_s()) {
-        return absl::StrCat("TTFT p95 ", Seconds(m.ttft().p95_s()), " above ",
-                            Seconds(c.max_ttft_s()));
-      }
+      if (m.ttft().p95_s() > c.max_ttft_s()) return Why::kTtft;
     } else if (!IsIdle(m)) {
-      return std::string("TTFT p95 not measured while busy");
+      return Why::kTtftNotMeasured;
     }
   }
-  return std::nullopt;
+  return Why::kQualifies;
 }
+
+std::string Explain(Why why, const NodeState& node, const ModelState& ms, const v1::Constraints& c,
+                    absl::Duration age, const StalenessPolicy& policy) {
+  const double age_s = absl::ToDoubleSeconds(age);
+  const v1::ModelSample& m = ms.sample;
+  switch (why) {
+    case Why::kQualifies:
+      return "qualifies";
+    case Why::kExcludedByRequest:
+      return "excluded by request";
+    case Why::kStale:
+      return absl::StrCat("stale: data ", Seconds(age_s), " old (stale after ",
+                          Seconds(absl::ToDoubleSeconds(policy.Threshold(ms.interval_s))), ")");
+    case Why::kDataAge:
+      return absl::StrCat("data ", Seconds(age_s), " old (max ", Seconds(c.max_data_age_s()), ")");
+    case Why::kLabel:
+      for (const auto& [key, want] : c.required_labels()) {
+        auto it = node.labels.find(key);
+        if (it == node.labels.end()) {
+          return absl::StrCat("label ", key, " missing (want \"", want, "\")");
+        }
+        if (it->second != want) {
+          return absl::StrCat("label ", key, "=\"", it->second, "\" (want \"", want, "\")");
+        }
+      }
+      return "labels";
+    case Why::kThermal:
+      return absl::StrCat("thermal state ", std::string(ThermalStateName(StateOf(ms))), " above ",
+                          std::string(ThermalStateName(c.max_thermal_state())));
+    case Why::kKvNotReported:
+      return "KV cache use not reported";
+    case Why::kKvHeadroom:
+      return absl::StrFormat("KV headroom %.2f below %.2f", 1.0 - m.kv_cache_usage(),
+                             c.min_kv_headroom());
+    case Why::kQueueNotReported:
+      return "queue not reported";
+    case Why::kQueue:
+      return absl::StrCat("queue ", m.requests_waiting(), " above ", c.max_queue());
+    case Why::kTtftNotMeasured:
+      return "TTFT p95 not measured while busy";
+    case Why::kTtft:
+      return absl::StrCat("TTFT p95 ", Seconds(m.ttft().p95_s()), " above ",
+                          Seconds(c.max_ttft_s()));
+  }
+  return "unknown";
+}
+
+// A node serving the model that failed a constraint; its reason is formatted only when listed.
+struct Failed {
+  const NodeState* node = nullptr;
+  const ModelState* model = nullptr;
+  absl::Duration age;
+  Why why = Why::kQualifies;
+};
 
 struct Scored {
   const NodeState* node = nullptr;
@@ -207,48 +263,56 @@ double PredictedLatencyS(const ModelState& ms) {
   return ttft + waiting * std::max(ttft, 0.05) + kReferenceOutputTokens * tau;
 }
 
+std::vector<NodeStatePtr> CandidatesFor(const FleetState& state, absl::string_view model) {
+  std::vector<NodeStatePtr> nodes = state.Snapshot();
+  const std::string key(model);
+  nodes.erase(std::remove_if(nodes.begin(), nodes.end(),
+                             [&key](const NodeStatePtr& n) { return !n->models.contains(key); }),
+              nodes.end());
+  return nodes;
+}
+
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
                                       const std::vector<NodeStatePtr>& nodes, absl::Time now,
                                       const StalenessPolicy& policy) {
+  thread_local absl::BitGen gen;
+  return Pick(request, nodes, now, policy, gen);
+}
+
+absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
+                                      const std::vector<NodeStatePtr>& nodes, absl::Time now,
+                                      const StalenessPolicy& policy, absl::BitGenRef gen) {
   if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
   const v1::Constraints& c = request.constraints();
   const v1::Objective objective = request.objective() == v1::OBJECTIVE_UNSPECIFIED
                                       ? v1::OBJECTIVE_EFFICIENCY
                                       : request.objective();
-  const absl::flat_hash_set<std::string> excluded_by_request(c.excluded_nodes().begin(),
-                                                             c.excluded_nodes().end());
-  v1::PickResponse out;
-  out.set_model(request.model());
-  out.set_objective(objective);
+  const bool pick_one = request.mode() == v1::PICK_MODE_ONE;
+  absl::flat_hash_set<absl::string_view> excluded_by_request;
+  if (c.excluded_nodes_size() > 0) {
+    excluded_by_request.reserve(c.excluded_nodes_size());
+    for (const std::string& id : c.excluded_nodes()) excluded_by_request.insert(id);
+  }
 
   std::vector<Scored> scored;
-  std::vector<std::string> reasons;  // "node: why", for nodes serving the model
-  size_t serving = 0;
+  std::vector<Failed> failed;
+  scored.reserve(nodes.size());
   for (const NodeStatePtr& node : nodes) {
     auto it = node->models.find(request.model());
-    std::optional<std::string> why;
-    if (it == node->models.end()) {
-      why = absl::StrCat("does not serve ", request.model());
-    } else {
-      ++serving;
-      if (excluded_by_request.contains(node->node_id)) {
-        why = "excluded by request";
-      } else {
-        why = Disqualify(*node, it->second, c, AgeOf(it->second.window_end, now), policy);
-      }
-      if (why.has_value()) reasons.push_back(absl::StrCat(node->node_id, ": ", *why));
-    }
-    if (why.has_value()) {
-      v1::Exclusion* e = out.add_excluded();
-      e->set_node_id(node->node_id);
-      e->set_reason(*std::move(why));
+    if (it == node->models.end()) continue;
+    const ModelState& ms = it->second;
+    const absl::Duration age = AgeOf(ms.window_end, now);
+    const Why why = !excluded_by_request.empty() && excluded_by_request.contains(node->node_id)
+                        ? Why::kExcludedByRequest
+                        : Check(*node, ms, c, age, policy);
+    if (why != Why::kQualifies) {
+      failed.push_back({node.get(), &ms, age, why});
       continue;
     }
-    const ModelState& ms = it->second;
     Scored s;
     s.node = node.get();
     s.model = &ms;
-    s.age_s = absl::ToDoubleSeconds(AgeOf(ms.window_end, now));
+    s.age_s = absl::ToDoubleSeconds(age);
     s.latency_s = PredictedLatencyS(ms);
     if (const v1::Wes* w = ScoringWes(ms); w != nullptr) {
       s.wes = w->penalized();
@@ -258,29 +322,35 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
   }
 
   if (scored.empty()) {
-    if (serving == 0) {
+    if (failed.empty()) {
       return absl::NotFoundError(absl::StrCat("no node serves model \"", request.model(), "\""));
     }
-    std::string listed = absl::StrJoin(
-        reasons.begin(), reasons.begin() + std::min(reasons.size(), kMaxReasonsInMessage), "; ");
-    if (reasons.size() > kMaxReasonsInMessage) {
-      absl::StrAppend(&listed, "; and ", reasons.size() - kMaxReasonsInMessage, " more");
+    std::string listed;
+    const size_t shown = std::min(failed.size(), kMaxReasonsInMessage);
+    for (size_t i = 0; i < shown; ++i) {
+      const Failed& f = failed[i];
+      absl::StrAppend(&listed, i == 0 ? "" : "; ", f.node->node_id, ": ",
+                      Explain(f.why, *f.node, *f.model, c, f.age, policy));
     }
+    if (failed.size() > shown) absl::StrAppend(&listed, "; and ", failed.size() - shown, " more");
     return absl::NotFoundError(
         absl::StrCat("no node qualifies for model \"", request.model(), "\": ", listed));
   }
 
+  v1::PickResponse out;
+  out.set_model(request.model());
+  out.set_objective(objective);
   double best_wes = 0;
   double best_latency = std::numeric_limits<double>::infinity();
   for (const Scored& s : scored) {
     best_wes = std::max(best_wes, s.wes);
     best_latency = std::min(best_latency, s.latency_s);
   }
-  auto latency_score = [](const Scored& s) { return 1.0 / (1.0 + s.latency_s); };
+  double best_score = 0;
   for (Scored& s : scored) {
     switch (objective) {
       case v1::OBJECTIVE_LATENCY:
-        s.score = latency_score(s);
+        s.score = 1.0 / (1.0 + s.latency_s);
         break;
       case v1::OBJECTIVE_BALANCED:
         s.score = 0.5 * (best_wes > 0 ? s.wes / best_wes : 0.0) +
@@ -290,6 +360,7 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
         s.score = s.wes;
         break;
     }
+    best_score = std::max(best_score, s.score);
   }
   // Efficiency pick: best penalized WES (the leaderboard's order); latency pick: lowest predicted
   // latency, then node id.
@@ -310,28 +381,76 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
   }
   if (efficiency != nullptr) *out.mutable_efficiency() = ToCandidate(*efficiency);
   *out.mutable_latency() = ToCandidate(*latency);
+  double oldest = out.latency().data_age_s();
+  if (efficiency != nullptr) oldest = std::max(oldest, out.efficiency().data_age_s());
 
-  std::sort(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) {
+  auto better = [](const Scored& a, const Scored& b) {
     if (a.score != b.score) return a.score > b.score;
     return a.node->node_id < b.node->node_id;
-  });
+  };
+  // Within the band; with a best score of 0 every candidate is (equal weights).
+  const double floor = kWeightBand * best_score;
+  auto in_band = [&](const Scored& s) { return best_score <= 0 || s.score >= floor; };
+  auto weight_of = [&](const Scored& s) { return best_score > 0 ? s.score : 1.0; };
+
+  if (pick_one) {
+    // The band, best first, so that the lower index of two draws is the better candidate.
+    auto band_end = std::partition(scored.begin(), scored.end(), in_band);
+    std::sort(scored.begin(), band_end, better);
+    const size_t band = static_cast<size_t>(band_end - scored.begin());
+    std::vector<double> cumulative(band);
+    double total = 0;
+    for (size_t i = 0; i < band; ++i) {
+      total += weight_of(scored[i]);
+      cumulative[i] = total;
+    }
+    auto draw = [&]() -> size_t {
+      const double u = absl::Uniform(gen, 0.0, total);
+      const size_t i = static_cast<size_t>(
+          std::upper_bound(cumulative.begin(), cumulative.end(), u) - cumulative.begin());
+      return std::min(i, band - 1);
+    };
+    const size_t a = draw();
+    const size_t b = draw();
+    const Scored& winner = scored[std::min(a, b)];
+    v1::Candidate* rec = out.mutable_recommendation();
+    *rec = ToCandidate(winner);
+    rec->set_weight(weight_of(winner) / total);
+    std::string why =
+        a == b
+            ? absl::StrCat("power of two choices: drew ", winner.node->node_id, " twice")
+            : absl::StrCat("power of two choices: drew ", scored[a].node->node_id, " and ",
+                           scored[b].node->node_id, ", ", winner.node->node_id, " scores higher");
+    absl::StrAppend(&why, " (by weight among ", band, " candidates within ", kWeightBand * 100,
+                    "% of the best score); ", rec->reason());
+    rec->set_reason(std::move(why));
+    out.set_data_age_s(std::max(oldest, winner.age_s));
+    return out;
+  }
+
   const uint32_t count =
       request.count() == 0 ? kPickDefaultCount : std::min(request.count(), kPickMaxCount);
   const size_t n = std::min<size_t>(count, scored.size());
+  std::partial_sort(scored.begin(), scored.begin() + static_cast<ptrdiff_t>(n), scored.end(),
+                    better);
   double total = 0;
-  double oldest = 0;
   for (size_t i = 0; i < n; ++i) {
-    total += scored[i].score;
+    if (in_band(scored[i])) total += weight_of(scored[i]);
     oldest = std::max(oldest, scored[i].age_s);
   }
+  out.mutable_candidates()->Reserve(static_cast<int>(n));
   for (size_t i = 0; i < n; ++i) {
     v1::Candidate* cand = out.add_candidates();
     *cand = ToCandidate(scored[i]);
-    cand->set_weight(total > 0 ? scored[i].score / total : 1.0 / static_cast<double>(n));
+    cand->set_weight(in_band(scored[i]) ? weight_of(scored[i]) / total : 0.0);
   }
   *out.mutable_recommendation() = out.candidates(0);
-  if (efficiency != nullptr) oldest = std::max(oldest, out.efficiency().data_age_s());
-  oldest = std::max(oldest, out.latency().data_age_s());
+  out.mutable_excluded()->Reserve(static_cast<int>(failed.size()));
+  for (const Failed& f : failed) {
+    v1::Exclusion* e = out.add_excluded();
+    e->set_node_id(f.node->node_id);
+    e->set_reason(Explain(f.why, *f.node, *f.model, c, f.age, policy));
+  }
   out.set_data_age_s(oldest);
   return out;
 }

@@ -14,7 +14,7 @@ RouterService::RouterService(const FleetState* state, Clock* clock, StalenessPol
 grpc::Status RouterService::Pick(grpc::ServerContext*, const v1::PickRequest* request,
                                  v1::PickResponse* response) {
   absl::StatusOr<v1::PickResponse> result =
-      aggregator::Pick(*request, state_->Snapshot(), clock_->Now(), policy_);
+      aggregator::Pick(*request, CandidatesFor(*state_, request->model()), clock_->Now(), policy_);
   metrics_->CountApiRequest("Router.Pick", result.status());
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);

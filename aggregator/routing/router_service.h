@@ -1,5 +1,5 @@
-// Router.Pick over gRPC: a snapshot of the fleet state and the aggregator's clock handed to
-// Pick (routing/router.h). Thread-safe.
+// Router.Pick over gRPC: the nodes serving the model (CandidatesFor) and the aggregator's clock
+// handed to Pick (routing/router.h). Thread-safe.
 #ifndef FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 

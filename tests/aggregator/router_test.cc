@@ -2,11 +2,17 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+#include <map>
 #include <memory>
 #include <numeric>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "aggregator/ingest/recompute_wes.h"
 #include "tests/aggregator/test_frames.h"
 
@@ -36,7 +42,7 @@ class RouterTest : public ::testing::Test {
   }
 
   absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& r) {
-    return aggregator::Pick(r, state_.Snapshot(), now_, StalenessPolicy{});
+    return aggregator::Pick(r, CandidatesFor(state_, r.model()), now_, StalenessPolicy{}, gen_);
   }
 
   static v1::PickRequest Request(v1::Objective objective = v1::OBJECTIVE_EFFICIENCY) {
@@ -55,6 +61,7 @@ class RouterTest : public ::testing::Test {
 
   absl::Time now_ = T0() + absl::Seconds(1);
   FleetState state_;
+  std::mt19937_64 gen_{20260101};
 };
 
 TEST_F(RouterTest, EfficiencyPicksTheBestPenalizedWes) {
@@ -169,8 +176,8 @@ TEST_F(RouterTest, EachConstraintExcludesWithAReason) {
   EXPECT_EQ(ExclusionOf(*r, "full-kv"), "KV headroom 0.05 below 0.20");
   EXPECT_EQ(ExclusionOf(*r, "zone-b"), "label zone=\"b\" (want \"a\")");
   EXPECT_EQ(ExclusionOf(*r, "banned"), "excluded by request");
-  EXPECT_EQ(ExclusionOf(*r, "other-model"), "does not serve llama3-8b");
-  EXPECT_EQ(r->excluded_size(), 9);
+  EXPECT_EQ(ExclusionOf(*r, "other-model"), "");  // only nodes serving the model are listed
+  EXPECT_EQ(r->excluded_size(), 8);
 }
 
 TEST_F(RouterTest, MissingMeasurementsFailTheirConstraint) {
@@ -259,6 +266,321 @@ TEST_F(RouterTest, CountDefaultsToFiveAndIsCappedAt100) {
   double total = 0;
   for (const v1::Candidate& c : r->candidates()) total += c.weight();
   EXPECT_NEAR(total, 1.0, 1e-9);
+}
+
+TEST_F(RouterTest, CandidatesForListsOnlyTheNodesServingTheModel) {
+  Add("b", {.model = "llama3-8b"});
+  Add("a", {.model = "llama3-8b"});
+  Add("c", {.model = "qwen2-7b"});
+  std::vector<NodeStatePtr> nodes = CandidatesFor(state_, "llama3-8b");
+  ASSERT_EQ(nodes.size(), 2u);
+  EXPECT_EQ(nodes[0]->node_id, "a");
+  EXPECT_EQ(nodes[1]->node_id, "b");
+  EXPECT_TRUE(CandidatesFor(state_, "mistral-7b").empty());
+}
+
+// WES 1.00, 0.90, 0.85, 0.50 tok/J: the band is score >= 0.8, so the last one gets no weight.
+TEST_F(RouterTest, WeightsSpreadOverTheBandAndSumToOne) {
+  Add("n1", {.tokens_per_s = 100, .watts = 100});
+  Add("n2", {.tokens_per_s = 90, .watts = 100});
+  Add("n3", {.tokens_per_s = 85, .watts = 100});
+  Add("n4", {.tokens_per_s = 50, .watts = 100});
+  absl::StatusOr<v1::PickResponse> r = Pick(Request());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->candidates_size(), 4);
+  const double band = 1.0 + 0.9 + 0.85;
+  EXPECT_NEAR(r->candidates(0).weight(), 1.0 / band, 1e-12);
+  EXPECT_NEAR(r->candidates(1).weight(), 0.9 / band, 1e-12);
+  EXPECT_NEAR(r->candidates(2).weight(), 0.85 / band, 1e-12);
+  EXPECT_EQ(r->candidates(3).node_id(), "n4");
+  EXPECT_EQ(r->candidates(3).weight(), 0.0);
+  double total = 0;
+  for (const v1::Candidate& c : r->candidates()) total += c.weight();
+  EXPECT_NEAR(total, 1.0, 1e-12);
+}
+
+TEST_F(RouterTest, NoScoreAnywhereMeansEqualWeights) {
+  // Idle and never measured: efficiency scores are all 0.
+  Add("idle-1", {.tokens_per_s = 0, .watts = 30, .ttft_p95_s = std::nullopt, .running = 0});
+  Add("idle-2", {.tokens_per_s = 0, .watts = 30, .ttft_p95_s = std::nullopt, .running = 0});
+  absl::StatusOr<v1::PickResponse> r = Pick(Request());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->candidates_size(), 2);
+  EXPECT_DOUBLE_EQ(r->candidates(0).weight(), 0.5);
+  EXPECT_DOUBLE_EQ(r->candidates(1).weight(), 0.5);
+  EXPECT_FALSE(r->has_efficiency());
+}
+
+class PickOneTest : public RouterTest {
+ protected:
+  // Band: WES 1.00, 0.95, 0.90, 0.85 (by weight). Out of the band: 0.50. Disqualified although
+  // better: "banned" (excluded by request, 2.0) and "hot" (thermal ceiling, 1.9).
+  void SetUp() override {
+    Add("a", {.tokens_per_s = 100, .watts = 100});
+    Add("b", {.tokens_per_s = 95, .watts = 100});
+    Add("c", {.tokens_per_s = 90, .watts = 100});
+    Add("d", {.tokens_per_s = 85, .watts = 100});
+    Add("low", {.tokens_per_s = 50, .watts = 100});
+    Add("banned", {.tokens_per_s = 200, .watts = 100});
+    Add("hot", {.tokens_per_s = 380, .watts = 100, .state = v1::THERMAL_STATE_CRITICAL});
+  }
+
+  static v1::PickRequest OneRequest() {
+    v1::PickRequest r = Request();
+    r.set_mode(v1::PICK_MODE_ONE);
+    r.mutable_constraints()->add_excluded_nodes("banned");
+    r.mutable_constraints()->set_max_thermal_state(v1::THERMAL_STATE_SERIOUS);
+    return r;
+  }
+};
+
+TEST_F(PickOneTest, ReturnsOneNodeWithAReason) {
+  absl::StatusOr<v1::PickResponse> r = Pick(OneRequest());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->candidates_size(), 0);
+  EXPECT_EQ(r->excluded_size(), 0);
+  EXPECT_TRUE(absl::StartsWith(r->recommendation().reason(), "power of two choices: drew "))
+      << r->recommendation().reason();
+  EXPECT_TRUE(absl::StrContains(r->recommendation().reason(), "among 4 candidates within 80%"))
+      << r->recommendation().reason();
+  EXPECT_GT(r->recommendation().weight(), 0);
+  EXPECT_LE(r->recommendation().weight(), 1);
+  EXPECT_EQ(r->efficiency().node_id(), "a");
+}
+
+TEST_F(PickOneTest, SameSeedSamePicks) {
+  std::vector<std::string> first;
+  for (int i = 0; i < 20; ++i) first.push_back(Pick(OneRequest())->recommendation().node_id());
+  gen_.seed(20260101);
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(Pick(OneRequest())->recommendation().node_id(), first[i]) << i;
+  }
+}
+
+// Two draws by weight w (with replacement), the better kept: node i (best first) wins with
+// probability w_i^2 + 2 w_i x (sum of the weights below it). 1,000 picks against that
+// distribution: chi-square with 3 degrees of freedom below 16.27 (p = 0.001).
+TEST_F(PickOneTest, ThousandPicksFollowPowerOfTwoChoicesByWeight) {
+  const std::vector<std::string> band = {"a", "b", "c", "d"};
+  const std::vector<double> scores = {1.0, 0.95, 0.90, 0.85};
+  const double sum = std::accumulate(scores.begin(), scores.end(), 0.0);
+  std::vector<double> expected;
+  for (size_t i = 0; i < band.size(); ++i) {
+    const double w = scores[i] / sum;
+    double below = 0;
+    for (size_t j = i + 1; j < band.size(); ++j) below += scores[j] / sum;
+    expected.push_back(w * w + 2 * w * below);
+  }
+  EXPECT_NEAR(std::accumulate(expected.begin(), expected.end(), 0.0), 1.0, 1e-12);
+
+  constexpr int kPicks = 1000;
+  std::map<std::string, int> counts;
+  for (int i = 0; i < kPicks; ++i) {
+    absl::StatusOr<v1::PickResponse> r = Pick(OneRequest());
+    ASSERT_TRUE(r.ok()) << r.status();
+    ++counts[r->recommendation().node_id()];
+  }
+  EXPECT_EQ(counts.count("banned"), 0u);
+  EXPECT_EQ(counts.count("hot"), 0u);
+  EXPECT_EQ(counts.count("low"), 0u);
+  double chi2 = 0;
+  for (size_t i = 0; i < band.size(); ++i) {
+    const double e = expected[i] * kPicks;
+    const double o = counts[band[i]];
+    chi2 += (o - e) * (o - e) / e;
+  }
+  EXPECT_LT(chi2, 16.27) << "a=" << counts["a"] << " b=" << counts["b"] << " c=" << counts["c"]
+                         << " d=" << counts["d"];
+  // The load spreads: the best node takes about half of it (expected 0.47), the fourth some
+  // (expected 0.053).
+  EXPECT_LT(counts["a"], 560);
+  EXPECT_GT(counts["d"], 25);
+}
+
+TEST_F(PickOneTest, NeverReturnsADisqualifiedNode) {
+  v1::PickRequest req = OneRequest();
+  for (const char* node : {"a", "b", "c"}) req.mutable_constraints()->add_excluded_nodes(node);
+  for (int i = 0; i < 200; ++i) {
+    absl::StatusOr<v1::PickResponse> r = Pick(req);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->recommendation().node_id(), "d");  // the band is d alone now (low < 0.8 x d)
+    EXPECT_DOUBLE_EQ(r->recommendation().weight(), 1.0);
+  }
+  req.mutable_constraints()->add_excluded_nodes("d");
+  req.mutable_constraints()->add_excluded_nodes("low");
+  EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kNotFound);
+}
+
+// tok/s alone picks "wide" (queue of 20), TTFT alone picks "thin" (10 tok/s); the predicted
+// latency weighs the three and picks "steady".
+TEST_F(RouterTest, LatencyWeighsTtftQueueAndThroughput) {
+  Add("wide", {.tokens_per_s = 600, .watts = 300, .ttft_p95_s = 0.5, .waiting = 20, .running = 2});
+  Add("thin", {.tokens_per_s = 10, .watts = 30, .ttft_p95_s = 0.1, .waiting = 0, .running = 2});
+  Add("steady", {.tokens_per_s = 150, .watts = 150, .ttft_p95_s = 0.3, .waiting = 1, .running = 2});
+  absl::StatusOr<v1::PickResponse> r = Pick(Request(v1::OBJECTIVE_LATENCY));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->latency().node_id(), "steady");
+  EXPECT_EQ(r->recommendation().node_id(), "steady");
+  // wide: 0.5 + 20 x 0.5 + 128 x 2/600; thin: 0.1 + 128 x 2/10; steady: 0.3 + 0.3 + 128 x 2/150.
+  auto latency = [&](const char* node) {
+    return PredictedLatencyS(state_.Get(node)->models.at("llama3-8b"));
+  };
+  EXPECT_DOUBLE_EQ(latency("wide"), 0.5 + 10 + 128 * 2 / 600.0);
+  EXPECT_DOUBLE_EQ(latency("thin"), 0.1 + 128 * 2 / 10.0);
+  EXPECT_DOUBLE_EQ(latency("steady"), 0.6 + 128 * 2 / 150.0);
+  ASSERT_EQ(r->candidates_size(), 3);
+  EXPECT_EQ(r->candidates(1).node_id(), "wide");
+  EXPECT_EQ(r->candidates(2).node_id(), "thin");
+}
+
+// Each constraint alone excludes exactly the node built to fail it.
+TEST_F(RouterTest, EachConstraintAloneExcludesItsNode) {
+  Add("ok", {.tokens_per_s = 100, .watts = 100});
+  Add("old", {.tokens_per_s = 100, .watts = 100}, T0() - absl::Seconds(8));
+  Add("hot", {.tokens_per_s = 100, .watts = 100, .state = v1::THERMAL_STATE_SERIOUS});
+  Add("slow-ttft", {.tokens_per_s = 100, .watts = 100, .ttft_p95_s = 4.0});
+  Add("busy", {.tokens_per_s = 100, .watts = 100, .waiting = 12});
+  Add("full-kv", {.tokens_per_s = 100, .watts = 100, .kv_cache_usage = 0.95});
+  Add("zone-b", {.tokens_per_s = 100, .watts = 100}, T0(), {{"zone", "b"}});
+  Add("unlabelled", {.tokens_per_s = 100, .watts = 100}, T0(), {});
+  struct Case {
+    const char* name;
+    void (*set)(v1::Constraints*);
+    std::map<std::string, std::string> excluded;
+  };
+  const Case cases[] = {
+      {"max_ttft_s",
+       [](v1::Constraints* c) { c->set_max_ttft_s(1.0); },
+       {{"slow-ttft", "TTFT p95 4 s above 1 s"}}},
+      {"max_queue",
+       [](v1::Constraints* c) { c->set_max_queue(8); },
+       {{"busy", "queue 12 above 8"}}},
+      {"min_kv_headroom",
+       [](v1::Constraints* c) { c->set_min_kv_headroom(0.2); },
+       {{"full-kv", "KV headroom 0.05 below 0.20"}}},
+      {"max_thermal_state",
+       [](v1::Constraints* c) { c->set_max_thermal_state(v1::THERMAL_STATE_FAIR); },
+       {{"hot", "thermal state serious above fair"}}},
+      {"required_labels",
+       [](v1::Constraints* c) { (*c->mutable_required_labels())["zone"] = "a"; },
+       {{"zone-b", "label zone=\"b\" (want \"a\")"},
+        {"unlabelled", "label zone missing (want \"a\")"}}},
+      {"excluded_nodes",
+       [](v1::Constraints* c) { c->add_excluded_nodes("ok"); },
+       {{"ok", "excluded by request"}}},
+      {"max_data_age_s",
+       [](v1::Constraints* c) { c->set_max_data_age_s(5); },
+       {{"old", "data 9 s old (max 5 s)"}}},
+  };
+  for (const Case& tc : cases) {
+    SCOPED_TRACE(tc.name);
+    for (v1::PickMode mode : {v1::PICK_MODE_RANKED, v1::PICK_MODE_ONE}) {
+      v1::PickRequest req = Request();
+      req.set_mode(mode);
+      req.set_count(100);
+      tc.set(req.mutable_constraints());
+      for (int i = 0; i < 20; ++i) {
+        absl::StatusOr<v1::PickResponse> r = Pick(req);
+        ASSERT_TRUE(r.ok()) << r.status();
+        EXPECT_EQ(tc.excluded.count(r->recommendation().node_id()), 0u);
+        if (mode == v1::PICK_MODE_ONE) continue;
+        std::map<std::string, std::string> excluded;
+        for (const v1::Exclusion& e : r->excluded()) excluded[e.node_id()] = e.reason();
+        EXPECT_EQ(excluded, tc.excluded);
+        EXPECT_EQ(r->candidates_size(), 8 - static_cast<int>(tc.excluded.size()));
+        for (const v1::Candidate& c : r->candidates()) {
+          EXPECT_EQ(tc.excluded.count(c.node_id()), 0u) << c.node_id();
+        }
+        break;  // RANKED is deterministic
+      }
+    }
+  }
+}
+
+TEST_F(RouterTest, EmptyConstraintsKeepEveryFreshNode) {
+  AddFourNodes();
+  Add("stale", {.tokens_per_s = 300, .watts = 100}, T0() - absl::Seconds(60));
+  v1::PickRequest req = Request();
+  req.mutable_constraints();  // present but empty
+  absl::StatusOr<v1::PickResponse> r = Pick(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->candidates_size(), 4);
+  ASSERT_EQ(r->excluded_size(), 1);
+  EXPECT_EQ(r->excluded(0).node_id(), "stale");
+}
+
+TEST_F(RouterTest, ContradictoryConstraintsAreNotFoundWithReasons) {
+  AddFourNodes();
+  // An empty queue and a full KV headroom: no busy node meets both.
+  v1::PickRequest req = Request();
+  req.mutable_constraints()->set_max_queue(0);
+  req.mutable_constraints()->set_min_kv_headroom(1.0);
+  absl::StatusOr<v1::PickResponse> r = Pick(req);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "studio-01: KV headroom 0.70 below 1.00"))
+      << r.status().message();
+  // Every node excluded by name.
+  req = Request(v1::OBJECTIVE_LATENCY);
+  req.set_mode(v1::PICK_MODE_ONE);
+  for (const char* n : {"spare-04", "lab-03", "devbox-02", "studio-01"}) {
+    req.mutable_constraints()->add_excluded_nodes(n);
+  }
+  r = Pick(req);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "lab-03: excluded by request"))
+      << r.status().message();
+}
+
+TEST_F(RouterTest, UnknownModelIsNotFound) {
+  AddFourNodes();
+  v1::PickRequest req = Request();
+  req.set_model("mistral-7b");
+  absl::StatusOr<v1::PickResponse> r = Pick(req);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(r.status().message(), "no node serves model \"mistral-7b\"");
+  req.set_mode(v1::PICK_MODE_ONE);
+  EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RouterTest, NanNegativeAndOutOfRangeConstraintsAreInvalidArgument) {
+  AddFourNodes();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  using Setter = void (v1::Constraints::*)(double);
+  const std::pair<Setter, const char*> fields[] = {
+      {&v1::Constraints::set_max_ttft_s, "constraints.max_ttft_s"},
+      {&v1::Constraints::set_min_kv_headroom, "constraints.min_kv_headroom"},
+      {&v1::Constraints::set_max_data_age_s, "constraints.max_data_age_s"},
+  };
+  for (const auto& [set, name] : fields) {
+    for (double bad : {nan, -nan, -1.0, -1e-9, inf, -inf}) {
+      SCOPED_TRACE(absl::StrCat(name, " = ", bad));
+      v1::PickRequest req = Request();
+      (req.mutable_constraints()->*set)(bad);
+      absl::StatusOr<v1::PickResponse> r = Pick(req);
+      ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_TRUE(absl::StartsWith(r.status().message(), name)) << r.status().message();
+    }
+  }
+  v1::PickRequest req = Request();
+  req.set_mode(static_cast<v1::PickMode>(9));
+  EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req = Request();
+  req.mutable_constraints()->set_max_thermal_state(static_cast<v1::ThermalState>(99));
+  EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req = Request();
+  for (int i = 0; i <= kPickMaxExcludedNodes; ++i) {
+    req.mutable_constraints()->add_excluded_nodes(absl::StrCat("n", i));
+  }
+  EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req = Request();
+  for (int i = 0; i <= kPickMaxRequiredLabels; ++i) {
+    (*req.mutable_constraints()->mutable_required_labels())[absl::StrCat("k", i)] = "v";
+  }
+  EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req = Request();
+  req.set_model(std::string(300, 'm'));
+  EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

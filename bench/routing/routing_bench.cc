@@ -1,0 +1,345 @@
+// bench/routing: Router.Pick through a real gRPC server on loopback, against the transport's
+// ceiling (grpc.health.v1.Health/Check, the trivial unary call, on the same server).
+//
+// The fleet (--nodes nodes, --models models, --models_per_node models on each node, so about
+// nodes x models_per_node / models nodes per model; every 100th node's data is stale) is filled
+// directly into a FleetState, read through a FakeClock so it stays fresh for the whole run. An
+// async client (one CompletionQueue thread, --channels connections, the generic stub with
+// pre-serialised requests so the client spends little CPU on protobuf) measures:
+//   1. Pick QPS at saturation: --outstanding calls in flight for --duration_s (closed loop);
+//   2. the trivial call's QPS the same way;
+//   3. Pick p50/p99 latency at half the saturation QPS, open loop: calls start on a fixed
+//      schedule and latency counts from the scheduled start, so a stall is not hidden.
+// Requests cycle through the models (objective EFFICIENCY, count 5, --mode). Prints figures and
+// ends with one JSON line:
+//   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "aggregator/fleet/fleet_state.h"
+#include "aggregator/ingest/recompute_wes.h"
+#include "aggregator/metrics.h"
+#include "aggregator/routing/router.h"
+#include "aggregator/routing/router_service.h"
+#include "common/clock.h"
+#include "fleetwes/v1/router.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "tests/aggregator/test_frames.h"
+
+ABSL_FLAG(int, nodes, 10000, "nodes in the fleet");
+ABSL_FLAG(int, models, 50, "distinct models in the fleet");
+ABSL_FLAG(int, models_per_node, 3, "models each node serves");
+ABSL_FLAG(int, outstanding, 64, "calls in flight at saturation");
+ABSL_FLAG(int, channels, 2, "client connections");
+ABSL_FLAG(double, duration_s, 5, "seconds per phase (after a 1 s warm-up)");
+ABSL_FLAG(std::string, mode, "ranked", "Pick mode: ranked or one");
+
+namespace fleetwes::aggregator {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr char kPickMethod[] = "/fleetwes.v1.Router/Pick";
+constexpr char kHealthMethod[] = "/grpc.health.v1.Health/Check";
+
+std::string ModelName(int i) { return absl::StrCat("model-", i); }
+
+// Fills `state` with the fleet; data is 1 s old at `now` (stale for every 100th node).
+void FillFleet(FleetState* state, absl::Time now, int nodes, int models, int per_node) {
+  const int stride = std::max(1, models / per_node);
+  for (int i = 0; i < nodes; ++i) {
+    const std::string id = absl::StrCat("node-", 100000 + i);
+    const absl::Time end = now - (i % 100 == 99 ? absl::Seconds(60) : absl::Seconds(1));
+    state->ApplyHello(
+        testing::MakeHello(id, "boot", {{"zone", absl::StrCat("z", i % 4)}, {"tier", "gpu"}}),
+        end);
+    auto spec = [&](int j) {
+      testing::ModelSpec s;
+      s.model = ModelName((i + j * stride) % models);
+      s.tokens_per_s = 20 + (i * 37 + j * 11) % 400;
+      s.watts = 60 + (i * 13 + j * 7) % 300;
+      s.ttft_p95_s = 0.05 + ((i + j) % 40) * 0.02;
+      s.waiting = static_cast<uint32_t>((i * 7 + j) % 6);
+      s.running = static_cast<uint32_t>(1 + (i + j) % 8);
+      s.kv_cache_usage = ((i * 3 + j) % 90) / 100.0;
+      return s;
+    };
+    v1::Frame f = testing::MakeFrame(id, "boot", 1, end, spec(0));
+    for (int j = 1; j < per_node; ++j) testing::AddModel(&f, spec(j));
+    RecomputeWes(ThermalPenalties{}, &f);
+    state->ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
+  }
+}
+
+grpc::ByteBuffer Serialized(const google::protobuf::Message& m) {
+  const std::string bytes = m.SerializeAsString();
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+struct Call {
+  grpc::ClientContext ctx;
+  grpc::ByteBuffer reply;
+  grpc::Status status;
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> rpc;
+  Clock::time_point start;
+};
+
+// Issues calls of one method round-robin over the stubs and the request bodies.
+class Load {
+ public:
+  Load(std::vector<std::unique_ptr<grpc::GenericStub>>* stubs, std::string method,
+       std::vector<grpc::ByteBuffer> requests)
+      : stubs_(stubs), method_(std::move(method)), requests_(std::move(requests)) {}
+
+  // Closed loop: `outstanding` calls in flight; completions per second over `duration` after
+  // a 1 s warm-up.
+  double Saturate(int outstanding, absl::Duration duration) {
+    const Clock::time_point start = Clock::now();
+    const Clock::time_point measure_from = start + std::chrono::seconds(1);
+    const Clock::time_point end = measure_from + absl::ToChronoNanoseconds(duration);
+    int in_flight = 0;
+    for (int i = 0; i < outstanding; ++i, ++in_flight) Start(start);
+    int64_t done = 0;
+    void* tag;
+    bool ok;
+    while (in_flight > 0 && cq_.Next(&tag, &ok)) {
+      std::unique_ptr<Call> call(static_cast<Call*>(tag));
+      --in_flight;
+      const Clock::time_point now = Clock::now();
+      Check(*call);
+      if (now >= measure_from && now < end) ++done;
+      if (now < end) {
+        Start(now);
+        ++in_flight;
+      }
+    }
+    return static_cast<double>(done) / absl::ToDoubleSeconds(duration);
+  }
+
+  // Open loop at `qps`: call k starts at t0 + k / qps; latency from that scheduled start.
+  // Returns the latencies of the calls scheduled after a 1 s warm-up, in microseconds, sorted.
+  std::vector<double> Paced(double qps, absl::Duration duration) {
+    const auto period = std::chrono::duration<double>(1.0 / qps);
+    const Clock::time_point t0 = Clock::now();
+    const Clock::time_point measure_from = t0 + std::chrono::seconds(1);
+    const Clock::time_point end = measure_from + absl::ToChronoNanoseconds(duration);
+    std::vector<double> latencies_us;
+    int64_t k = 0;
+    int in_flight = 0;
+    auto next = [&] { return t0 + std::chrono::duration_cast<Clock::duration>(period * k); };
+    while (true) {
+      Clock::time_point now = Clock::now();
+      while (next() <= now && next() < end) {
+        Start(next());
+        ++in_flight;
+        ++k;
+      }
+      if (in_flight == 0 && next() >= end) break;
+      void* tag;
+      bool ok;
+      const Clock::time_point wait_until = next() < end ? next() : now + std::chrono::seconds(5);
+      const grpc::CompletionQueue::NextStatus st = cq_.AsyncNext(&tag, &ok, wait_until);
+      if (st == grpc::CompletionQueue::SHUTDOWN) break;
+      if (st == grpc::CompletionQueue::TIMEOUT) continue;
+      std::unique_ptr<Call> call(static_cast<Call*>(tag));
+      --in_flight;
+      Check(*call);
+      if (call->start >= measure_from) {
+        latencies_us.push_back(
+            std::chrono::duration<double, std::micro>(Clock::now() - call->start).count());
+      }
+    }
+    std::sort(latencies_us.begin(), latencies_us.end());
+    return latencies_us;
+  }
+
+  int64_t errors() const { return errors_; }
+
+  ~Load() {
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) delete static_cast<Call*>(tag);
+  }
+
+ private:
+  void Start(Clock::time_point start) {
+    auto* call = new Call;
+    call->start = start;
+    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::GenericStub& stub = *(*stubs_)[next_ % stubs_->size()];
+    call->rpc =
+        stub.PrepareUnaryCall(&call->ctx, method_, requests_[next_ % requests_.size()], &cq_);
+    ++next_;
+    call->rpc->StartCall();
+    call->rpc->Finish(&call->reply, &call->status, call);
+  }
+
+  void Check(const Call& call) {
+    if (!call.status.ok()) {
+      if (errors_++ == 0) {
+        std::fprintf(stderr, "routing: %s failed: %s\n", method_.c_str(),
+                     call.status.error_message().c_str());
+      }
+    }
+  }
+
+  std::vector<std::unique_ptr<grpc::GenericStub>>* stubs_;
+  const std::string method_;
+  const std::vector<grpc::ByteBuffer> requests_;
+  grpc::CompletionQueue cq_;
+  size_t next_ = 0;
+  int64_t errors_ = 0;
+};
+
+double Percentile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const size_t i = std::min(sorted.size() - 1, static_cast<size_t>(p * sorted.size()));
+  return sorted[i];
+}
+
+int Run() {
+  const int nodes = absl::GetFlag(FLAGS_nodes);
+  const int models = absl::GetFlag(FLAGS_models);
+  const int per_node = std::min(absl::GetFlag(FLAGS_models_per_node), models);
+  const absl::Duration duration = absl::Seconds(absl::GetFlag(FLAGS_duration_s));
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (nodes < 1 || models < 1 || per_node < 1 || absl::GetFlag(FLAGS_outstanding) < 1 ||
+      absl::GetFlag(FLAGS_channels) < 1 || duration <= absl::ZeroDuration() ||
+      (mode != "ranked" && mode != "one")) {
+    std::fprintf(stderr, "routing: bad flags (see --help)\n");
+    return 2;
+  }
+
+  FakeClock clock;
+  FleetState state;
+  const absl::Time fill_start = absl::Now();
+  FillFleet(&state, clock.Now(), nodes, models, per_node);
+  std::fprintf(stderr, "==> fleet: %d nodes x %d models (%d per node) filled in %.1f s\n", nodes,
+               models, per_node, absl::ToDoubleSeconds(absl::Now() - fill_start));
+
+  std::vector<v1::PickRequest> picks;
+  for (int m = 0; m < models; ++m) {
+    v1::PickRequest r;
+    r.set_model(ModelName(m));
+    r.set_objective(v1::OBJECTIVE_EFFICIENCY);
+    r.set_mode(mode == "one" ? v1::PICK_MODE_ONE : v1::PICK_MODE_RANKED);
+    picks.push_back(r);
+  }
+
+  // Pick in process, no transport: what one call costs the server's CPU.
+  const StalenessPolicy policy;
+  const int kInProcess = 2000;
+  const absl::Time t = absl::Now();
+  size_t serving = 0;
+  for (int i = 0; i < kInProcess; ++i) {
+    const v1::PickRequest& r = picks[i % picks.size()];
+    std::vector<NodeStatePtr> candidates = CandidatesFor(state, r.model());
+    serving += candidates.size();
+    absl::StatusOr<v1::PickResponse> resp = Pick(r, candidates, clock.Now(), policy);
+    if (!resp.ok()) {
+      std::fprintf(stderr, "routing: Pick failed: %s\n", resp.status().ToString().c_str());
+      return 1;
+    }
+  }
+  const double inproc_us = absl::ToDoubleMicroseconds(absl::Now() - t) / kInProcess;
+  std::fprintf(stderr, "==> in process: %.1f us per Pick (%zu nodes per model)\n", inproc_us,
+               serving / kInProcess);
+
+  AggregatorMetrics metrics;
+  RouterService router(&state, &clock, policy, &metrics);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&router);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "routing: cannot listen on 127.0.0.1\n");
+    return 1;
+  }
+  const std::string target = absl::StrCat("127.0.0.1:", port);
+
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  for (int i = 0; i < absl::GetFlag(FLAGS_channels); ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("fleetwes.bench_channel", i);  // distinct arguments: one connection each
+    stubs.push_back(std::make_unique<grpc::GenericStub>(
+        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+  }
+  {  // One typed call to check the answer.
+    auto stub = v1::Router::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::PickResponse resp;
+    grpc::Status s = stub->Pick(&ctx, picks[0], &resp);
+    if (!s.ok()) {
+      std::fprintf(stderr, "routing: Pick over gRPC failed: %s\n", s.error_message().c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "==> Pick %s: %d candidates, %d excluded, recommendation %s\n",
+                 picks[0].model().c_str(), resp.candidates_size(), resp.excluded_size(),
+                 resp.recommendation().node_id().c_str());
+  }
+
+  std::vector<grpc::ByteBuffer> pick_bodies;
+  for (const v1::PickRequest& r : picks) pick_bodies.push_back(Serialized(r));
+  const grpc::ByteBuffer health_body;  // HealthCheckRequest{service: ""} is empty on the wire
+  const int outstanding = absl::GetFlag(FLAGS_outstanding);
+
+  Load pick_load(&stubs, kPickMethod, pick_bodies);
+  const double pick_qps = pick_load.Saturate(outstanding, duration);
+  std::fprintf(stderr, "==> Pick at saturation (%d in flight): %.0f calls/s\n", outstanding,
+               pick_qps);
+  Load trivial_load(&stubs, kHealthMethod, {health_body});
+  const double trivial_qps = trivial_load.Saturate(outstanding, duration);
+  std::fprintf(stderr, "==> Health.Check at saturation: %.0f calls/s\n", trivial_qps);
+  const double paced_qps = pick_qps / 2;
+  std::vector<double> lat = pick_load.Paced(paced_qps, duration);
+  const double p50 = Percentile(lat, 0.50);
+  const double p99 = Percentile(lat, 0.99);
+  std::fprintf(stderr, "==> Pick at %.0f calls/s (open loop): p50 %.0f us, p99 %.0f us (%zu)\n",
+               paced_qps, p50, p99, lat.size());
+  const int64_t errors = pick_load.errors() + trivial_load.errors();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+
+  nlohmann::json j;
+  j["nodes"] = nodes;
+  j["models"] = models;
+  j["nodes_per_model"] = serving / kInProcess;
+  j["mode"] = mode;
+  j["outstanding"] = outstanding;
+  j["pick_inproc_us"] = inproc_us;
+  j["pick_qps"] = pick_qps;
+  j["pick_p50_us"] = p50;
+  j["pick_p99_us"] = p99;
+  j["paced_qps"] = paced_qps;
+  j["trivial_qps"] = trivial_qps;
+  j["ratio"] = trivial_qps > 0 ? pick_qps / trivial_qps : 0;
+  j["errors"] = errors;
+  std::printf("%s\n", j.dump().c_str());
+  return errors == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace fleetwes::aggregator
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return fleetwes::aggregator::Run();
+}

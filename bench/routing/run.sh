@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# bench/routing: Router.Pick QPS at saturation, Pick p50/p99 at half that rate (open loop) and
+# the trivial unary call's QPS (grpc.health.v1.Health/Check), on one gRPC server on loopback
+# over a fleet filled in memory (fleetwes-routing-bench; see its header comment).
+#
+#   bench/routing/run.sh                          10000 nodes x 50 models, 3 models per node
+#   bench/routing/run.sh --mode one --outstanding 32
+#
+# Ends with the program's JSON line plus the machine's load average at the end:
+#   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,"load1":..}
+# Targets: ratio >= 0.8, pick_p99_us <= 1000.
+set -Eeuo pipefail
+
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  cat <<'EOF2'
+
+options:
+  --nodes N              nodes (default 10000)
+  --models N             models in the fleet (default 50)
+  --models-per-node N    models on each node (default 3)
+  --outstanding N        calls in flight at saturation (default 64)
+  --duration N           seconds per phase (default 5)
+  --mode ranked|one      Pick mode (default ranked)
+  --build DIR            build directory (default build/bench; configured and built when needed)
+  --skip-build           use the binaries already in --build
+  -h, --help             this help
+EOF2
+}
+
+bench_name=routing
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+root=$bench_root
+nodes=10000
+models=50
+per_node=3
+outstanding=64
+duration=5
+mode=ranked
+build="$root/build/bench"
+skip_build=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
+    --models) need_number "$1" "${2:-}" 1; models=$2; shift ;;
+    --models-per-node) need_number "$1" "${2:-}" 1; per_node=$2; shift ;;
+    --outstanding) need_number "$1" "${2:-}" 1; outstanding=$2; shift ;;
+    --duration) need_number "$1" "${2:-}" 1; duration=$2; shift ;;
+    --mode) case "${2:-}" in ranked|one) mode=$2 ;; *) die "--mode needs ranked or one" ;; esac; shift ;;
+    --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
+    --skip-build) skip_build=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "routing: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+bench_build "$build" "$skip_build" fleetwes-routing-bench
+
+say "uptime before: $(uptime)"
+line=$("$build/bin/fleetwes-routing-bench" --nodes="$nodes" --models="$models" \
+  --models_per_node="$per_node" --outstanding="$outstanding" --duration_s="$duration" --mode="$mode")
+load1=$(cut -d' ' -f1 /proc/loadavg)
+say "uptime after: $(uptime)"
+printf '%s\n' "${line%\}},\"load1\":$load1}"
