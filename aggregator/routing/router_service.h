@@ -3,6 +3,10 @@
 #ifndef FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 
+#include <functional>
+#include <vector>
+
+#include "absl/strings/string_view.h"
 #include "aggregator/fleet/fleet_state.h"
 #include "aggregator/metrics.h"
 #include "common/clock.h"
@@ -12,9 +16,12 @@ namespace fleetwes::aggregator {
 
 class RouterService final : public v1::Router::Service {
  public:
-  // Pointers must outlive the service.
+  // The nodes to pick from for a model; must be thread-safe.
+  using CandidateSource = std::function<std::vector<NodeStatePtr>(absl::string_view model)>;
+
+  // Pointers must outlive the service. `candidates` defaults to CandidatesFor(*state, model).
   RouterService(const FleetState* state, Clock* clock, StalenessPolicy policy,
-                AggregatorMetrics* metrics);
+                AggregatorMetrics* metrics, CandidateSource candidates = nullptr);
 
   grpc::Status Pick(grpc::ServerContext* context, const v1::PickRequest* request,
                     v1::PickResponse* response) override;
@@ -24,6 +31,7 @@ class RouterService final : public v1::Router::Service {
   Clock* const clock_;
   const StalenessPolicy policy_;
   AggregatorMetrics* const metrics_;
+  const CandidateSource candidates_;
 };
 
 }  // namespace fleetwes::aggregator

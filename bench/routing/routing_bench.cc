@@ -2,7 +2,7 @@
 // ceiling (grpc.health.v1.Health/Check, the trivial unary call, on the same server).
 //
 // The fleet (--nodes nodes, --models models, --models_per_node models on each node, so about
-// nodes x models_per_node / models nodes per model; every 100th node's data is stale) is filled
+// nodes x models_per_node / models nodes per model; every 101st node's data is stale) is filled
 // directly into a FleetState, read through a FakeClock so it stays fresh for the whole run. An
 // async client (one CompletionQueue thread, --channels connections, the generic stub with
 // pre-serialised requests so the client spends little CPU on protobuf) measures:
@@ -10,6 +10,8 @@
 //   2. the trivial call's QPS the same way;
 //   3. Pick p50/p99 latency at half the saturation QPS, open loop: calls start on a fixed
 //      schedule and latency counts from the scheduled start, so a stall is not hidden.
+// --candidates=index serves from a per-model list built once instead of CandidatesFor's scan of
+// the fleet. Before the gRPC phases, Pick is also timed in process both ways.
 // Requests cycle through the models (objective EFFICIENCY, count 5, --mode). Prints figures and
 // ends with one JSON line:
 //   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
@@ -25,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
@@ -47,6 +50,10 @@ ABSL_FLAG(int, outstanding, 64, "calls in flight at saturation");
 ABSL_FLAG(int, channels, 2, "client connections");
 ABSL_FLAG(double, duration_s, 5, "seconds per phase (after a 1 s warm-up)");
 ABSL_FLAG(std::string, mode, "ranked", "Pick mode: ranked or one");
+ABSL_FLAG(std::string, candidates, "fleet",
+          "where the server finds a model's nodes: fleet (CandidatesFor, as the aggregator "
+          "does) or index (a per-model list built once: what a per-model index in the fleet "
+          "state gives)");
 
 namespace fleetwes::aggregator {
 namespace {
@@ -58,15 +65,14 @@ constexpr char kHealthMethod[] = "/grpc.health.v1.Health/Check";
 
 std::string ModelName(int i) { return absl::StrCat("model-", i); }
 
-// Fills `state` with the fleet; data is 1 s old at `now` (stale for every 100th node).
+// Fills `state` with the fleet; data is 1 s old at `now` (stale for every 101st node).
 void FillFleet(FleetState* state, absl::Time now, int nodes, int models, int per_node) {
   const int stride = std::max(1, models / per_node);
   for (int i = 0; i < nodes; ++i) {
     const std::string id = absl::StrCat("node-", 100000 + i);
-    const absl::Time end = now - (i % 100 == 99 ? absl::Seconds(60) : absl::Seconds(1));
+    const absl::Time end = now - (i % 101 == 100 ? absl::Seconds(60) : absl::Seconds(1));
     state->ApplyHello(
-        testing::MakeHello(id, "boot", {{"zone", absl::StrCat("z", i % 4)}, {"tier", "gpu"}}),
-        end);
+        testing::MakeHello(id, "boot", {{"zone", absl::StrCat("z", i % 4)}, {"tier", "gpu"}}), end);
     auto spec = [&](int j) {
       testing::ModelSpec s;
       s.model = ModelName((i + j * stride) % models);
@@ -153,7 +159,9 @@ class Load {
       void* tag;
       bool ok;
       const Clock::time_point wait_until = next() < end ? next() : now + std::chrono::seconds(5);
-      const grpc::CompletionQueue::NextStatus st = cq_.AsyncNext(&tag, &ok, wait_until);
+      // AsyncNext takes a system_clock deadline.
+      const auto deadline = std::chrono::system_clock::now() + (wait_until - Clock::now());
+      const grpc::CompletionQueue::NextStatus st = cq_.AsyncNext(&tag, &ok, deadline);
       if (st == grpc::CompletionQueue::SHUTDOWN) break;
       if (st == grpc::CompletionQueue::TIMEOUT) continue;
       std::unique_ptr<Call> call(static_cast<Call*>(tag));
@@ -221,7 +229,8 @@ int Run() {
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (nodes < 1 || models < 1 || per_node < 1 || absl::GetFlag(FLAGS_outstanding) < 1 ||
       absl::GetFlag(FLAGS_channels) < 1 || duration <= absl::ZeroDuration() ||
-      (mode != "ranked" && mode != "one")) {
+      (mode != "ranked" && mode != "one") ||
+      (absl::GetFlag(FLAGS_candidates) != "fleet" && absl::GetFlag(FLAGS_candidates) != "index")) {
     std::fprintf(stderr, "routing: bad flags (see --help)\n");
     return 2;
   }
@@ -244,7 +253,7 @@ int Run() {
 
   // Pick in process, no transport: what one call costs the server's CPU.
   const StalenessPolicy policy;
-  const int kInProcess = 2000;
+  const int kInProcess = 200;
   const absl::Time t = absl::Now();
   size_t serving = 0;
   for (int i = 0; i < kInProcess; ++i) {
@@ -258,11 +267,30 @@ int Run() {
     }
   }
   const double inproc_us = absl::ToDoubleMicroseconds(absl::Now() - t) / kInProcess;
-  std::fprintf(stderr, "==> in process: %.1f us per Pick (%zu nodes per model)\n", inproc_us,
-               serving / kInProcess);
+  std::fprintf(stderr, "==> in process: %.1f us per CandidatesFor + Pick (%zu nodes per model)\n",
+               inproc_us, serving / kInProcess);
+  // The same over a per-model list built once.
+  absl::flat_hash_map<std::string, std::vector<NodeStatePtr>> index;
+  for (const v1::PickRequest& r : picks) index[r.model()] = CandidatesFor(state, r.model());
+  const int kPickOnly = 20000;
+  const absl::Time t2 = absl::Now();
+  for (int i = 0; i < kPickOnly; ++i) {
+    const v1::PickRequest& r = picks[i % picks.size()];
+    absl::StatusOr<v1::PickResponse> resp = Pick(r, index[r.model()], clock.Now(), policy);
+    if (!resp.ok()) return 1;
+  }
+  const double pick_only_us = absl::ToDoubleMicroseconds(absl::Now() - t2) / kPickOnly;
+  std::fprintf(stderr, "==> in process: %.1f us per Pick over the model's nodes\n", pick_only_us);
 
   AggregatorMetrics metrics;
-  RouterService router(&state, &clock, policy, &metrics);
+  RouterService::CandidateSource source = nullptr;
+  if (absl::GetFlag(FLAGS_candidates) == "index") {
+    source = [&index](absl::string_view model) {
+      auto it = index.find(model);
+      return it != index.end() ? it->second : std::vector<NodeStatePtr>{};
+    };
+  }
+  RouterService router(&state, &clock, policy, &metrics, std::move(source));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -283,7 +311,8 @@ int Run() {
         grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
   }
   {  // One typed call to check the answer.
-    auto stub = v1::Router::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+    auto stub =
+        v1::Router::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     v1::PickResponse resp;
@@ -299,7 +328,10 @@ int Run() {
 
   std::vector<grpc::ByteBuffer> pick_bodies;
   for (const v1::PickRequest& r : picks) pick_bodies.push_back(Serialized(r));
-  const grpc::ByteBuffer health_body;  // HealthCheckRequest{service: ""} is empty on the wire
+  // HealthCheckRequest{service: ""} is empty on the wire (one empty slice: a buffer without any
+  // is no message at all).
+  grpc::Slice empty_slice;
+  const grpc::ByteBuffer health_body(&empty_slice, 1);
   const int outstanding = absl::GetFlag(FLAGS_outstanding);
 
   Load pick_load(&stubs, kPickMethod, pick_bodies);
@@ -324,7 +356,9 @@ int Run() {
   j["nodes_per_model"] = serving / kInProcess;
   j["mode"] = mode;
   j["outstanding"] = outstanding;
+  j["candidates"] = absl::GetFlag(FLAGS_candidates);
   j["pick_inproc_us"] = inproc_us;
+  j["pick_only_us"] = pick_only_us;
   j["pick_qps"] = pick_qps;
   j["pick_p50_us"] = p50;
   j["pick_p99_us"] = p99;

@@ -174,6 +174,14 @@ TEST_F(JsonApiTest, RouteBestKeepsTheScriptedShapeWithOurFieldsBeside) {
   ASSERT_EQ(latency_status, 200);
   EXPECT_EQ(latency["default"], "latency");
   EXPECT_EQ(latency["recommendation"]["node_id"], latency["latency"]["node_id"]);
+
+  auto [one_status, one] = Get("/api/v1/route/best?model=llama3-8b&mode=one");
+  ASSERT_EQ(one_status, 200);
+  EXPECT_EQ(one["efficiency"]["node"], "studio-01");  // the scripted shape stays
+  EXPECT_TRUE(
+      absl::StartsWith(one["recommendation"]["reason"].get<std::string>(), "power of two choices"))
+      << one.dump();
+  EXPECT_FALSE(one.contains("candidates"));
 }
 
 TEST_F(JsonApiTest, BadQueriesGetAClearErrorAndTheRightStatus) {
@@ -187,6 +195,7 @@ TEST_F(JsonApiTest, BadQueriesGetAClearErrorAndTheRightStatus) {
       {"/api/v1/route/best", 400, "INVALID_ARGUMENT", "model"},
       {"/api/v1/route/best?model=llama3-8b&objective=fast", 400, "INVALID_ARGUMENT", "objective"},
       {"/api/v1/route/best?model=llama3-8b&count=1000", 400, "INVALID_ARGUMENT", "count"},
+      {"/api/v1/route/best?model=llama3-8b&mode=all", 400, "INVALID_ARGUMENT", "mode"},
       {"/api/v1/route/best?model=llama3-8b&max_ttft_s=nan", 400, "INVALID_ARGUMENT", "max_ttft_s"},
       {"/api/v1/route/best?model=no-such-model", 404, "NOT_FOUND", "no-such-model"},
       {"/api/v1/leaderboard?limit=ten", 400, "INVALID_ARGUMENT", "limit"},
