@@ -360,6 +360,7 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
         s.score = s.wes;
         break;
     }
+    if (!std::isfinite(s.score) || s.score < 0) s.score = 0;  // never NaN, never negative
     best_score = std::max(best_score, s.score);
   }
   // Efficiency pick: best penalized WES (the leaderboard's order); latency pick: lowest predicted
