@@ -71,9 +71,10 @@ int RpcError(std::ostream& err, const grpc::Status& s, const CtlOptions& options
   return kExitFailure;
 }
 
-// Sets the request's start from --since, if given; false (after a usage error) when invalid.
-bool SetSince(const CtlOptions& options, absl::Time now, google::protobuf::Timestamp* start,
-              std::ostream& err) {
+// Sets the request's start from --since, if given (an unset start keeps the server's default
+// range); false (after a usage error) when invalid.
+template <typename Request>
+bool SetSince(const CtlOptions& options, absl::Time now, Request* req, std::ostream& err) {
   if (options.since.empty()) return true;
   absl::StatusOr<absl::Time> t = ParseSince(options.since, now);
   if (!t.ok()) {
@@ -81,6 +82,7 @@ bool SetSince(const CtlOptions& options, absl::Time now, google::protobuf::Times
     return false;
   }
   const int64_t ns = absl::ToUnixNanos(*t);
+  google::protobuf::Timestamp* start = req->mutable_start();
   start->set_seconds(ns >= 0 ? ns / 1'000'000'000 : -((-ns + 999'999'999) / 1'000'000'000));
   start->set_nanos(static_cast<int32_t>(ns - start->seconds() * 1'000'000'000));
   return true;
@@ -315,7 +317,7 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
         req.add_kinds(kind);
       }
     }
-    if (!SetSince(options, now, req.mutable_start(), err)) return kExitUsage;
+    if (!SetSince(options, now, &req, err)) return kExitUsage;
     v1::EventsResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, options.timeout);
@@ -333,7 +335,7 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
     req.set_node_id(args[1]);
     req.set_model(options.model);
     req.set_limit(static_cast<uint32_t>(options.limit));
-    if (!SetSince(options, now, req.mutable_start(), err)) return kExitUsage;
+    if (!SetSince(options, now, &req, err)) return kExitUsage;
     if (options.step > absl::ZeroDuration()) SetStep(options.step, req.mutable_step());
     v1::HistoryResponse resp;
     grpc::ClientContext ctx;
@@ -352,7 +354,7 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
     req.set_node_id(args[1]);
     req.set_model(options.model);
     req.set_limit(static_cast<uint32_t>(options.limit));
-    if (!SetSince(options, now, req.mutable_start(), err)) return kExitUsage;
+    if (!SetSince(options, now, &req, err)) return kExitUsage;
     if (options.step > absl::ZeroDuration()) SetStep(options.step, req.mutable_step());
     v1::ProfileResponse resp;
     grpc::ClientContext ctx;

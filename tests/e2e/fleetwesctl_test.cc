@@ -556,9 +556,19 @@ TEST_F(RunCommandTest, EventsHistoryAndProfileSendTheirFilters) {
   EXPECT_EQ(Run({"history", "lab-03"}), kExitOk);
   EXPECT_EQ(out_.str(), "no samples in the range\n");
 
+  // Without --since the server's default range applies: no start is sent.
+  options_.since = "";
   EXPECT_CALL(fleet_, Profile(_, _, _))
+      .WillOnce(
+          Invoke([](grpc::ClientContext*, const v1::ProfileRequest& req, v1::ProfileResponse*) {
+            EXPECT_FALSE(req.has_start());
+            EXPECT_FALSE(req.has_step());
+            return grpc::Status::OK;
+          }))
       .WillOnce(Return(grpc::Status(grpc::StatusCode::NOT_FOUND,
                                     "node \"lab-09\" has no model samples between a and b")));
+  options_.step = absl::ZeroDuration();
+  EXPECT_EQ(Run({"profile", "lab-09"}), kExitOk);
   EXPECT_EQ(Run({"profile", "lab-09"}), kExitFailure);
   EXPECT_EQ(err_.str(), "fleetwesctl: node \"lab-09\" has no model samples between a and b\n");
 
