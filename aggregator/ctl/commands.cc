@@ -81,10 +81,11 @@ bool SetSince(const CtlOptions& options, absl::Time now, Request* req, std::ostr
     UsageError(err, t.status().message());
     return false;
   }
-  const int64_t ns = absl::ToUnixNanos(*t);
+  const int64_t seconds = absl::ToUnixSeconds(*t);  // floor
   google::protobuf::Timestamp* start = req->mutable_start();
-  start->set_seconds(ns >= 0 ? ns / 1'000'000'000 : -((-ns + 999'999'999) / 1'000'000'000));
-  start->set_nanos(static_cast<int32_t>(ns - start->seconds() * 1'000'000'000));
+  start->set_seconds(seconds);
+  start->set_nanos(
+      static_cast<int32_t>((*t - absl::FromUnixSeconds(seconds)) / absl::Nanoseconds(1)));
   return true;
 }
 
