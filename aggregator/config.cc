@@ -58,7 +58,8 @@ absl::Status ReadRetention(MapReader& root, RetentionConfig* out) {
   MapReader& r = **child;
   for (auto [key, value] : {std::pair<const char*, int64_t*>{"frames_days", &out->frames_days},
                             {"model_samples_days", &out->model_samples_days},
-                            {"device_samples_days", &out->device_samples_days}}) {
+                            {"device_samples_days", &out->device_samples_days},
+                            {"events_days", &out->events_days}}) {
     if (absl::Status s = r.Read(key, value); !s.ok()) return s;
     if (absl::Status s = CheckIntRange(r, key, *value, 1, 3650); !s.ok()) return s;
   }

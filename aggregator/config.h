@@ -31,12 +31,14 @@ struct WriterConfig {
 // How long rows are kept. Sample tables are partitioned by UTC day of window_end; a day's partition
 // is dropped whole once the day is older than its table's retention plus one day of slack, so a
 // row lives at least `*_days` and less than `*_days + 1`. Frames whose window ends before the
-// frames retention are refused at ingest (reason "expired").
+// frames retention are refused at ingest (reason "expired"). The events table is partitioned the
+// same way by the UTC day of the event's time.
 struct RetentionConfig {
-  // Days to keep each table. Defaults 30 / 30 / 14; each 1..3650.
+  // Days to keep each table. Defaults 30 / 30 / 14 / 30; each 1..3650.
   int64_t frames_days = 30;
   int64_t model_samples_days = 30;
   int64_t device_samples_days = 14;
+  int64_t events_days = 30;
   // Period of the maintenance pass (create partitions ahead, drop expired ones). Default 1h;
   // 1s..24h.
   absl::Duration check_interval = absl::Hours(1);

@@ -79,6 +79,33 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
         absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kAborted}) {
     db_errors_family_->Add({{"code", CodeName(code)}});
   }
+  events_published_ = &prometheus::BuildCounter()
+                           .Name("fleetwes_events_published_total")
+                           .Help("Fleet events handed to the event hub")
+                           .Register(*registry_)
+                           .Add({});
+  events_stored_ = &prometheus::BuildCounter()
+                        .Name("fleetwes_events_stored_total")
+                        .Help("Fleet events committed to the events table")
+                        .Register(*registry_)
+                        .Add({});
+  auto& dropped = prometheus::BuildCounter()
+                      .Name("fleetwes_events_dropped_total")
+                      .Help("Fleet events not stored, or not delivered to a watcher, by reason")
+                      .Register(*registry_);
+  for (const char* reason : {"queue_full", "invalid", "expired", "db_error", "watcher_behind"}) {
+    events_dropped_[reason] = &dropped.Add({{"reason", reason}});
+  }
+  events_queue_ = &prometheus::BuildGauge()
+                       .Name("fleetwes_events_queue")
+                       .Help("Fleet events waiting for the database")
+                       .Register(*registry_)
+                       .Add({});
+  leaderboard_watchers_ = &prometheus::BuildGauge()
+                               .Name("fleetwes_leaderboard_watchers")
+                               .Help("Open Fleet.WatchLeaderboard streams")
+                               .Register(*registry_)
+                               .Add({});
   api_family_ = &prometheus::BuildCounter()
                      .Name("fleetwes_api_requests_total")
                      .Help("Router and Fleet calls, by service method and status code")
@@ -88,6 +115,10 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
 void AggregatorMetrics::CountRejected(RejectReason reason) {
   frames_rejected_->Increment();
   rejected_by_reason_.at(reason)->Increment();
+}
+
+prometheus::Counter& AggregatorMetrics::events_dropped(absl::string_view reason) {
+  return *events_dropped_.at(std::string(reason));
 }
 
 void AggregatorMetrics::CountDbError(const absl::Status& status) {

@@ -11,6 +11,7 @@
 #include <prometheus/registry.h>
 
 #include <memory>
+#include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -49,6 +50,18 @@ class AggregatorMetrics {
   // fleetwes_db_errors_total{code}: failed database operations by status code.
   void CountDbError(const absl::Status& status);
 
+  // fleetwes_events_published_total: events handed to the event hub.
+  prometheus::Counter& events_published() { return *events_published_; }
+  // fleetwes_events_stored_total: events committed to the events table.
+  prometheus::Counter& events_stored() { return *events_stored_; }
+  // fleetwes_events_dropped_total{reason="queue_full|invalid|expired|db_error|watcher_behind"}:
+  // events not stored (or, for watcher_behind, not delivered to one watcher).
+  prometheus::Counter& events_dropped(absl::string_view reason);
+  // fleetwes_events_queue: events waiting for the database.
+  prometheus::Gauge& events_queue() { return *events_queue_; }
+  // fleetwes_leaderboard_watchers: open WatchLeaderboard streams.
+  prometheus::Gauge& leaderboard_watchers() { return *leaderboard_watchers_; }
+
   // fleetwes_api_requests_total{method,code} for Router and Fleet calls ("Router.Pick").
   void CountApiRequest(absl::string_view service, const absl::Status& status);
 
@@ -68,6 +81,11 @@ class AggregatorMetrics {
   prometheus::Gauge* writer_queue_;
   prometheus::Histogram* writer_batch_frames_;
   prometheus::Histogram* writer_commit_seconds_;
+  prometheus::Counter* events_published_;
+  prometheus::Counter* events_stored_;
+  absl::flat_hash_map<std::string, prometheus::Counter*> events_dropped_;
+  prometheus::Gauge* events_queue_;
+  prometheus::Gauge* leaderboard_watchers_;
 };
 
 }  // namespace fleetwes::aggregator

@@ -43,12 +43,13 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       batch_store_(config_.database_url, config_.retention, clock_),
       reader_(config_.database_url),
       writer_(&batch_store_, clock_, &metrics_, WriterOptionsFrom(config_)),
+      events_(config_.database_url, config_.retention, clock_, &metrics_),
       queries_(&state_, &reader_, clock_, policy_),
       ingest_service_(&writer_, &state_, clock_, &metrics_,
                       IngestOptions{config_.max_frame_bytes, config_.thermal_penalties,
                                     absl::Hours(24 * config_.retention.frames_days)}),
       router_service_(&state_, clock_, policy_, &metrics_),
-      fleet_service_(&queries_, &metrics_) {}
+      fleet_service_(&queries_, &metrics_, &events_, clock_) {}
 
 AggregatorServer::~AggregatorServer() { Stop(); }
 
@@ -118,6 +119,7 @@ absl::Status AggregatorServer::Start(absl::Notification* stop) {
   }
   log->info("database ready");
   writer_.Start();
+  events_.Start();
   started_ = true;
   retention_thread_ = std::thread([this] { RunRetention(); });
 
@@ -187,6 +189,8 @@ void AggregatorServer::Stop() {
   auto log = Logger("aggregator");
   retention_stop_.Notify();
   if (retention_thread_.joinable()) retention_thread_.join();
+  // Open WatchLeaderboard streams end now rather than at the end of the grace period.
+  events_.CloseWatchers();
   if (grpc_ != nullptr) {
     if (grpc::HealthCheckServiceInterface* health = grpc_->GetHealthCheckService()) {
       health->SetServingStatus(false);
@@ -198,6 +202,7 @@ void AggregatorServer::Stop() {
   // After the streams are gone: write what is queued, complete every pending callback.
   writer_.Stop();
   if (grpc_ != nullptr) grpc_->Wait();
+  events_.Stop();
   if (started_) log->info("stopped");
 }
 

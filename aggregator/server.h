@@ -1,8 +1,8 @@
 // The fleetwes-aggregator process, wired: migrations, fleet state rebuilt from the database, the
-// batched writer, the gRPC server (Ingest, Router, Fleet, health checking, reflection) and the
-// HTTP server. main() parses flags and config and runs one of these; tests run one in-process
-// against a test database with ports ":0".
-// Start/Stop from one thread; the accessors are thread-safe.
+// batched writer, the event hub, the gRPC server (Ingest, Router, Fleet, health checking,
+// reflection) and the HTTP server. main() parses flags and config and runs one of these; tests run
+// one in-process against a test database with ports ":0". Start/Stop from one thread; the accessors
+// are thread-safe.
 #ifndef FLEETWES_AGGREGATOR_SERVER_H_
 #define FLEETWES_AGGREGATOR_SERVER_H_
 
@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "aggregator/config.h"
+#include "aggregator/fleet/event_hub.h"
 #include "aggregator/fleet/fleet_service.h"
 #include "aggregator/fleet/fleet_state.h"
 #include "aggregator/http/http_server.h"
@@ -55,6 +56,8 @@ class AggregatorServer {
   int grpc_port() const { return grpc_port_; }
   int http_port() const { return http_ != nullptr ? http_->port() : 0; }
   FleetState& state() { return state_; }
+  // Where fleet events go: stored and streamed to watchers.
+  EventHub& events() { return events_; }
   AggregatorMetrics& metrics() { return metrics_; }
 
  private:
@@ -73,6 +76,7 @@ class AggregatorServer {
   PgBatchStore batch_store_;
   PgReader reader_;
   Writer writer_;
+  EventHub events_;
   FleetQueries queries_;
   IngestService ingest_service_;
   RouterService router_service_;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "aggregator/ctl/format.h"
@@ -25,11 +26,21 @@ inline constexpr int kExitUsage = 2;    // bad command line
 struct CtlOptions {
   std::string server = "localhost:7470";  // only used in messages
   absl::Duration timeout = absl::Seconds(5);
-  std::string model;  // leaderboard (optional), route (required)
-  int64_t limit = 0;  // leaderboard; 0: the server's default
+  std::string model;  // leaderboard, events, history, profile (optional), route (required)
+  int64_t limit = 0;  // leaderboard, events, history, profile; 0: the server's default
   std::string objective = "efficiency";
   std::string output = "table";
+  std::string node;   // events: only this node
+  std::string kind;   // events: comma-separated rank_change, thermal_change, stale
+  std::string since;  // events, history, profile: an RFC 3339 time or a duration back from now
+  absl::Duration step = absl::ZeroDuration();  // history, profile: one averaged point per step
+  bool watch = false;  // leaderboard: follow Fleet.WatchLeaderboard until it ends
+  bool tty = false;    // `out` is a terminal: watch redraws in place, with colours and arrows
 };
+
+// --since: an RFC 3339 time, or a duration back from `now` ("15m", "2h"). InvalidArgument
+// otherwise.
+absl::StatusOr<absl::Time> ParseSince(absl::string_view since, absl::Time now);
 
 // The text printed for `fleetwesctl --help`.
 std::string UsageText();
@@ -40,7 +51,9 @@ std::string UsageText();
 std::string DescribeRpcError(const grpc::Status& status, absl::string_view server,
                              absl::Duration timeout);
 
-// Runs the command named by args[0] ("leaderboard", "route", "nodes", "node ID"). Writes the
+// Runs the command named by args[0] ("leaderboard", "route", "nodes", "node ID", "events",
+// "history ID", "profile ID"). `leaderboard --watch` streams until the server ends the watch
+// (no deadline; the channel's keepalive notices a dead server). Writes the
 // result to `out`, errors as one line "fleetwesctl: ..." to `err`. `now` dates node ages.
 // Returns kExitOk, kExitFailure or kExitUsage.
 int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,

@@ -2,6 +2,7 @@
 // (aggregator/ctl/commands.h).
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <iostream>
@@ -23,7 +24,12 @@
 ABSL_FLAG(std::string, server, "localhost:7470", "fleetwes-aggregator gRPC address (host:port)");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "deadline of each call");
 ABSL_FLAG(std::string, model, "", "model name (leaderboard: optional; route: required)");
-ABSL_FLAG(int64_t, limit, 0, "leaderboard: at most this many ranked nodes (0: server default)");
+ABSL_FLAG(int64_t, limit, 0, "at most this many rows (0: server default)");
+ABSL_FLAG(std::string, node, "", "events: only this node");
+ABSL_FLAG(std::string, kind, "", "events: rank_change, thermal_change, stale (comma-separated)");
+ABSL_FLAG(std::string, since, "", "events, history, profile: RFC 3339 time or duration back");
+ABSL_FLAG(absl::Duration, step, absl::ZeroDuration(), "history, profile: one point per step");
+ABSL_FLAG(bool, watch, false, "leaderboard: follow it as it changes");
 ABSL_FLAG(std::string, objective, "efficiency", "route: efficiency, latency or balanced");
 ABSL_FLAG(std::string, o, "table", "output format: table or json");
 
@@ -116,12 +122,23 @@ int main(int argc, char** argv) {
   options.limit = absl::GetFlag(FLAGS_limit);
   options.objective = absl::GetFlag(FLAGS_objective);
   options.output = absl::GetFlag(FLAGS_o);
+  options.node = absl::GetFlag(FLAGS_node);
+  options.kind = absl::GetFlag(FLAGS_kind);
+  options.since = absl::GetFlag(FLAGS_since);
+  options.step = absl::GetFlag(FLAGS_step);
+  options.watch = absl::GetFlag(FLAGS_watch);
+  options.tty = isatty(STDOUT_FILENO) == 1;
   if (options.server.empty()) {
     std::cerr << "fleetwesctl: --server must not be empty\n";
     return kExitUsage;
   }
 
-  auto channel = grpc::CreateChannel(options.server, grpc::InsecureChannelCredentials());
+  // Keepalive: a watch notices a server that went away without closing the connection.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
+  auto channel =
+      grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), channel_args);
   auto fleet = fleetwes::v1::Fleet::NewStub(channel);
   auto router = fleetwes::v1::Router::NewStub(channel);
   return ctl::RunCommand(args, options, *fleet, *router, absl::Now(), std::cout, std::cerr);

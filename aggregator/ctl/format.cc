@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/wes.h"
 
 namespace fleetwes::aggregator::ctl {
@@ -364,6 +365,148 @@ std::string NodeDetail(const v1::GetNodeResponse& r, absl::Time now) {
   return out;
 }
 
+namespace {
+
+std::string OptionalFixed(bool has, double v, const char* format = "%.1f") {
+  return has && std::isfinite(v) ? absl::StrFormat(format, v) : std::string(kNone);
+}
+
+std::string EventChange(const v1::Event& e) {
+  switch (e.kind()) {
+    case v1::EVENT_KIND_RANK_CHANGE:
+    case v1::EVENT_KIND_STALE: {
+      auto rank = [](uint32_t r) {
+        return r == 0 ? std::string("unranked") : absl::StrCat("#", r);
+      };
+      return absl::StrCat(rank(e.old_rank()), " -> ", rank(e.new_rank()));
+    }
+    case v1::EVENT_KIND_THERMAL_CHANGE:
+      return absl::StrCat(std::string(ThermalStateName(e.old_thermal_state())), " -> ",
+                          std::string(ThermalStateName(e.new_thermal_state())));
+    default:
+      return std::string(kNone);
+  }
+}
+
+}  // namespace
+
+std::string EventsTable(const v1::EventsResponse& r) {
+  if (r.events_size() == 0) return "no events\n";
+  TextTable t({"TIME", "NODE", "MODEL", "KIND", "CHANGE", "MESSAGE"});
+  for (const v1::Event& e : r.events()) {
+    t.AddRow({Timestamp(e.time()), e.node_id(), e.model().empty() ? std::string(kNone) : e.model(),
+              EnumShort(v1::EventKind_Name(e.kind()), "EVENT_KIND_"), EventChange(e),
+              e.message().empty() ? std::string(kNone) : e.message()});
+  }
+  return t.Render();
+}
+
+std::string HistoryTable(const v1::HistoryResponse& r) {
+  if (r.points_size() == 0) return "no samples in the range\n";
+  using A = TextTable::Align;
+  TextTable t({"TIME", "TOK/S", "WATTS", "RAW WES", "WES", "STATE"},
+              {A::kLeft, A::kRight, A::kRight, A::kRight, A::kRight, A::kLeft});
+  for (const v1::HistoryPoint& p : r.points()) {
+    t.AddRow({Timestamp(p.time()), Fixed1(p.tokens_per_s()),
+              OptionalFixed(p.has_watts(), p.watts()), WesOrDash(p.has_wes_raw(), p.wes_raw()),
+              WesOrDash(p.has_wes_penalized(), p.wes_penalized()),
+              std::string(ThermalStateName(p.thermal_state()))});
+  }
+  return t.Render();
+}
+
+std::string ProfileTable(const v1::ProfileResponse& r) {
+  std::string out = absl::StrCat("profile of node ", r.node_id(), ", model ", r.model(), "\n");
+  if (r.points_size() == 0) return out + "no samples in the range\n";
+  using A = TextTable::Align;
+  TextTable t({"TIME", "TOK/S", "TTFT P95", "TPOT P95", "KV", "QUEUE", "STATE", "SWAP", "WATTS",
+               "RAW WES", "WES"},
+              {A::kLeft, A::kRight, A::kRight, A::kRight, A::kRight, A::kRight, A::kLeft, A::kLeft,
+               A::kRight, A::kRight, A::kRight});
+  for (const v1::ProfilePoint& p : r.points()) {
+    t.AddRow({Timestamp(p.time()), Fixed1(p.tokens_per_s()),
+              p.has_ttft_p95_s() ? Seconds(p.ttft_p95_s()) : std::string(kNone),
+              p.has_tpot_p95_s() ? Seconds(p.tpot_p95_s()) : std::string(kNone),
+              p.has_kv_cache_usage() ? Pct(p.kv_cache_usage() * 100) : std::string(kNone),
+              p.has_queue() ? absl::StrCat(p.queue()) : std::string(kNone),
+              std::string(ThermalStateName(p.thermal_state())), p.memory_pressure() ? "yes" : "no",
+              OptionalFixed(p.has_watts(), p.watts()), WesOrDash(p.has_wes_raw(), p.wes_raw()),
+              WesOrDash(p.has_wes_penalized(), p.wes_penalized())});
+  }
+  return out + t.Render();
+}
+
+std::string RankMove(uint32_t rank, uint32_t previous, bool tty) {
+  if (previous == rank) return "";
+  if (previous == 0) return "new";
+  const bool up = rank < previous;
+  const uint32_t places = up ? previous - rank : rank - previous;
+  if (tty) return absl::StrCat(up ? "▲" : "▼", places, " (#", previous, ")");
+  return absl::StrCat(up ? "up " : "down ", places, " (was #", previous, ")");
+}
+
+std::string WatchScreen(const v1::LeaderboardUpdate& u,
+                        const std::map<std::string, uint32_t>& previous_ranks, bool tty) {
+  const v1::LeaderboardResponse& r = u.leaderboard();
+  std::string out =
+      r.model().empty()
+          ? std::string("fleet leaderboard (node WES, tokens per joule)")
+          : absl::StrCat("leaderboard for model ", r.model(), " (WES, tokens per joule)");
+  if (r.has_as_of()) absl::StrAppend(&out, ", as of ", Timestamp(r.as_of()));
+  out += "\n";
+  using A = TextTable::Align;
+  TextTable t({"RANK", "MOVE", "NODE", "WES", "RAW WES", "STATE", "TOK/S", "WATTS", "AGE"},
+              {A::kRight, A::kLeft, A::kLeft, A::kRight, A::kRight, A::kLeft, A::kRight, A::kRight,
+               A::kRight});
+  // Colours are added after alignment so escape sequences do not count as width.
+  std::vector<int> direction;
+  for (const v1::LeaderboardEntry& e : r.entries()) {
+    uint32_t previous = e.rank();
+    if (e.has_previous_rank()) {
+      previous = e.previous_rank();
+    } else if (!previous_ranks.empty()) {
+      auto it = previous_ranks.find(e.node_id());
+      previous = it == previous_ranks.end() ? 0 : it->second;
+    }
+    direction.push_back(previous == 0 || previous == e.rank() ? 0 : (e.rank() < previous ? 1 : -1));
+    const v1::Wes& w = e.wes();
+    t.AddRow({absl::StrCat(e.rank()), RankMove(e.rank(), previous, tty), e.node_id(),
+              WesOrDash(w.has_penalized(), w.penalized()), WesOrDash(w.has_raw(), w.raw()),
+              std::string(ThermalStateName(e.thermal_state())), Fixed1(e.tokens_per_s()),
+              w.has_watts() ? Fixed1(w.watts()) : std::string(kNone), FormatAge(e.data_age_s())});
+  }
+  if (t.empty()) {
+    out += "no ranked nodes\n";
+  } else {
+    std::vector<std::string> lines = absl::StrSplit(t.Render(), '\n');
+    for (size_t i = 0; i < lines.size(); ++i) {
+      if (lines[i].empty()) continue;
+      const int d = i >= 1 && i - 1 < direction.size() ? direction[i - 1] : 0;
+      if (tty && d != 0) {
+        absl::StrAppend(&out, d > 0 ? "\x1b[32m" : "\x1b[31m", lines[i], "\x1b[0m\n");
+      } else {
+        absl::StrAppend(&out, lines[i], "\n");
+      }
+    }
+  }
+  if (r.unranked_size() > 0) {
+    std::vector<std::string> names;
+    for (const v1::LeaderboardEntry& e : r.unranked()) {
+      names.push_back(absl::StrCat(e.node_id(), " (", UnrankedReason(e), ")"));
+    }
+    absl::StrAppend(&out, "unranked: ", absl::StrJoin(names, ", "), "\n");
+  }
+  if (u.events_size() > 0) {
+    out += "events:\n";
+    for (const v1::Event& e : u.events()) {
+      absl::StrAppend(&out, "  ", Timestamp(e.time()), "  ", e.node_id(), "  ",
+                      EnumShort(v1::EventKind_Name(e.kind()), "EVENT_KIND_"), "  ", EventChange(e),
+                      e.message().empty() ? "" : "  ", e.message(), "\n");
+    }
+  }
+  return out;
+}
+
 TextTable::TextTable(std::vector<std::string> header, std::vector<Align> align)
     : header_(std::move(header)), align_(std::move(align)) {
   align_.resize(header_.size(), Align::kLeft);
@@ -375,17 +518,22 @@ void TextTable::AddRow(std::vector<std::string> cells) {
 }
 
 std::string TextTable::Render(absl::string_view indent) const {
+  // Columns are as wide as their widest cell in characters (UTF-8 code points, e.g. arrows).
+  auto chars = [](const std::string& s) {
+    return static_cast<size_t>(
+        std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
+  };
   std::vector<size_t> width(header_.size(), 0);
-  for (size_t i = 0; i < header_.size(); ++i) width[i] = header_[i].size();
+  for (size_t i = 0; i < header_.size(); ++i) width[i] = chars(header_[i]);
   for (const auto& row : rows_) {
-    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], chars(row[i]));
   }
   std::string out;
   auto render_row = [&](const std::vector<std::string>& row) {
     std::string line(indent);
     for (size_t i = 0; i < row.size(); ++i) {
       if (i > 0) line += "  ";
-      size_t pad = width[i] - row[i].size();
+      size_t pad = width[i] - chars(row[i]);
       if (align_[i] == Align::kRight) line.append(pad, ' ');
       line += row[i];
       if (align_[i] == Align::kLeft) line.append(pad, ' ');

@@ -6,6 +6,7 @@
 
 #include <google/protobuf/message.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,29 @@ std::string NodesTable(const v1::ListNodesResponse& r, absl::Time now);
 
 // One node: summary, devices and models of its latest frame.
 std::string NodeDetail(const v1::GetNodeResponse& r, absl::Time now);
+
+// Stored events, newest first: time, node, model ("-" for the fleet board), kind, the rank or
+// thermal change, message.
+std::string EventsTable(const v1::EventsResponse& r);
+
+// One line per history point: time, tok/s, watts, raw and penalized WES, thermal state.
+std::string HistoryTable(const v1::HistoryResponse& r);
+
+// One node's profile: a title naming node and model, then one line per point: time, tok/s,
+// TTFT p95, TPOT p95, KV use, queue, thermal state, memory pressure, watts, raw and penalized WES.
+std::string ProfileTable(const v1::ProfileResponse& r);
+
+// A rank move for `leaderboard --watch`: "" when unchanged, "new" for a node that was not ranked,
+// else the direction, the places and the previous rank: "▲2 (#3)" / "▼1 (#1)" with `tty`, or
+// "up 2 (was #3)" / "down 1 (was #1)" in plain text. `previous` 0: not ranked before.
+std::string RankMove(uint32_t rank, uint32_t previous, bool tty);
+
+// One screen of `leaderboard --watch`: the leaderboard table with a MOVE column (from each entry's
+// previous_rank when the server sends it, else from `previous_ranks`, the ranks of the previous
+// update by node id; empty for the first update), then the update's events. With `tty`, moves up
+// are green, moves down red (ANSI colours); without it the text has no escape sequences.
+std::string WatchScreen(const v1::LeaderboardUpdate& u,
+                        const std::map<std::string, uint32_t>& previous_ranks, bool tty);
 
 // Left/right aligned text columns separated by two spaces. Not thread-safe.
 class TextTable {

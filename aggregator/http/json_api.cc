@@ -14,7 +14,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "aggregator/ingest/validate.h"
+#include "aggregator/proto_time.h"
 #include "aggregator/routing/router.h"
 
 namespace fleetwes::aggregator {
@@ -92,6 +95,46 @@ void AddRouteFields(const v1::Candidate& c, nlohmann::json* out) {
   (*out)["reason"] = c.reason();
 }
 
+// `since`: an RFC 3339 time, or a duration back from `now` ("15m", "2h").
+absl::Status SinceParam(const Params& params, absl::Time now, google::protobuf::Timestamp* out,
+                        bool* has) {
+  const std::string* v = Param(params, "since");
+  *has = v != nullptr;
+  if (v == nullptr) return absl::OkStatus();
+  absl::Time t;
+  absl::Duration d;
+  std::string error;
+  if (absl::ParseTime(absl::RFC3339_full, *v, &t, &error)) {
+    // Accepted as given; the range checks happen in the query.
+  } else if (absl::ParseDuration(*v, &d) && d >= absl::ZeroDuration() &&
+             d <= absl::Hours(24 * 3660)) {
+    t = now - d;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "since: an RFC 3339 time or a duration such as 15m expected, got \"", *v, "\""));
+  }
+  if (t < absl::FromUnixSeconds(-62'135'596'800) || t > absl::FromUnixSeconds(253'402'300'799)) {
+    return absl::InvalidArgumentError(absl::StrCat("since: out of range, got \"", *v, "\""));
+  }
+  *out = ToProtoTime(t);
+  return absl::OkStatus();
+}
+
+absl::Status StepParam(const Params& params, google::protobuf::Duration* out, bool* has) {
+  const std::string* v = Param(params, "step");
+  *has = v != nullptr;
+  if (v == nullptr) return absl::OkStatus();
+  absl::Duration d;
+  if (!absl::ParseDuration(*v, &d) || d < absl::ZeroDuration() || d > absl::Hours(24 * 366)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step: a duration such as 1m expected, got \"", *v, "\""));
+  }
+  const int64_t ns = absl::ToInt64Nanoseconds(d);
+  out->set_seconds(ns / 1'000'000'000);
+  out->set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int HttpStatusFor(absl::StatusCode code) {
@@ -140,6 +183,12 @@ JsonReply JsonApi::Handle(absl::string_view path, const Params& params) {
   } else if (rest == "nodes") {
     method = "http.nodes";
     body = Nodes(params);
+  } else if (rest == "events") {
+    method = "http.events";
+    body = Events(params);
+  } else if (absl::StartsWith(rest, "nodes/") && absl::EndsWith(rest, "/profile")) {
+    method = "http.profile";
+    body = Profile(rest.substr(6, rest.size() - 6 - 8), params);
   } else if (absl::StartsWith(rest, "nodes/")) {
     method = "http.node";
     body = Node(rest.substr(6), params);
@@ -149,7 +198,8 @@ JsonReply JsonApi::Handle(absl::string_view path, const Params& params) {
   } else {
     return Error(absl::NotFoundError(absl::StrCat("no route ", path,
                                                   " (routes: /api/v1/leaderboard, /api/v1/nodes, "
-                                                  "/api/v1/nodes/{id}, /api/v1/route/best)")));
+                                                  "/api/v1/nodes/{id}, /api/v1/nodes/{id}/profile, "
+                                                  "/api/v1/events, /api/v1/route/best)")));
   }
   metrics_->CountApiRequest(method, body.status());
   if (!body.ok()) return Error(body.status());
@@ -179,6 +229,56 @@ absl::StatusOr<std::string> JsonApi::Node(absl::string_view id, const Params& pa
   v1::GetNodeRequest request;
   request.set_node_id(std::string(id));
   return ProtoJson(queries_->GetNode(request));
+}
+
+absl::StatusOr<std::string> JsonApi::Profile(absl::string_view id, const Params& params) {
+  if (absl::Status s = CheckParams(params, {"model", "since", "step", "limit"}); !s.ok()) return s;
+  if (!IsValidNodeId(id)) {
+    return absl::InvalidArgumentError("node id: 1..128 characters of [A-Za-z0-9._:-] expected");
+  }
+  v1::ProfileRequest request;
+  request.set_node_id(std::string(id));
+  if (const std::string* model = Param(params, "model")) request.set_model(*model);
+  bool has = false;
+  if (absl::Status s = SinceParam(params, clock_->Now(), request.mutable_start(), &has); !s.ok()) {
+    return s;
+  }
+  if (!has) request.clear_start();
+  if (absl::Status s = StepParam(params, request.mutable_step(), &has); !s.ok()) return s;
+  if (!has) request.clear_step();
+  absl::StatusOr<uint32_t> limit = UintParam(params, "limit", 1'000'000);
+  if (!limit.ok()) return limit.status();
+  request.set_limit(*limit);
+  return ProtoJson(queries_->Profile(request));
+}
+
+absl::StatusOr<std::string> JsonApi::Events(const Params& params) {
+  if (absl::Status s = CheckParams(params, {"node", "model", "kind", "since", "limit"}); !s.ok()) {
+    return s;
+  }
+  v1::EventsRequest request;
+  if (const std::string* node = Param(params, "node")) request.set_node_id(*node);
+  if (const std::string* model = Param(params, "model")) request.set_model(*model);
+  if (const std::string* kinds = Param(params, "kind")) {
+    for (absl::string_view k : absl::StrSplit(*kinds, ',')) {
+      const std::string name = absl::StrCat("EVENT_KIND_", absl::AsciiStrToUpper(k));
+      v1::EventKind kind;
+      if (!v1::EventKind_Parse(name, &kind) || kind == v1::EVENT_KIND_UNSPECIFIED) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("kind: rank_change, thermal_change or stale expected, got \"", k, "\""));
+      }
+      request.add_kinds(kind);
+    }
+  }
+  bool has = false;
+  if (absl::Status s = SinceParam(params, clock_->Now(), request.mutable_start(), &has); !s.ok()) {
+    return s;
+  }
+  if (!has) request.clear_start();
+  absl::StatusOr<uint32_t> limit = UintParam(params, "limit", 1'000'000);
+  if (!limit.ok()) return limit.status();
+  request.set_limit(*limit);
+  return ProtoJson(queries_->Events(request));
 }
 
 absl::StatusOr<std::string> JsonApi::RouteBest(const Params& params) {

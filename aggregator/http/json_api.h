@@ -4,6 +4,10 @@
 //   GET /api/v1/leaderboard[?model=M&limit=N]       Fleet.Leaderboard
 //   GET /api/v1/nodes                               Fleet.ListNodes
 //   GET /api/v1/nodes/{id}                          Fleet.GetNode
+//   GET /api/v1/nodes/{id}/profile[?model=M&since=S&step=D&limit=N]   Fleet.Profile
+//   GET /api/v1/events[?node=ID&model=M&kind=K,..&since=S&limit=N]    Fleet.Events
+//       since: an RFC 3339 time or a duration back from now ("15m"); step: a duration ("1m");
+//       kind: rank_change, thermal_change, stale (comma-separated)
 //   GET /api/v1/route/best?model=M[&objective=..]   Router.Pick, with "efficiency"/"latency"
 //       objects carrying "node", "tok_s", "wes", "reason" and "default" naming the objective
 // Errors are JSON {"error": {"code": "INVALID_ARGUMENT", "message": "..."}} with HTTP 400 (bad
@@ -53,6 +57,9 @@ class JsonApi {
   absl::StatusOr<std::string> Nodes(const std::multimap<std::string, std::string>& params);
   absl::StatusOr<std::string> Node(absl::string_view id,
                                    const std::multimap<std::string, std::string>& params);
+  absl::StatusOr<std::string> Profile(absl::string_view id,
+                                      const std::multimap<std::string, std::string>& params);
+  absl::StatusOr<std::string> Events(const std::multimap<std::string, std::string>& params);
   absl::StatusOr<std::string> RouteBest(const std::multimap<std::string, std::string>& params);
 
   const FleetQueries* const queries_;

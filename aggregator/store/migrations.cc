@@ -160,9 +160,30 @@ END
 $$;
 )sql";
 
+// Version 3: events (rank changes, thermal transitions, nodes going stale), partitioned by the
+// UTC day of `time` like the sample tables. Ranks are 0 when unranked; kind and thermal states
+// hold the proto enum numbers. `id` orders events of the same instant in detection order.
+constexpr absl::string_view kV3 = R"sql(
+CREATE TABLE events (
+  id                 bigserial,
+  time               timestamptz NOT NULL,
+  node_id            text NOT NULL,
+  model              text NOT NULL DEFAULT '',
+  kind               smallint NOT NULL,
+  old_rank           integer NOT NULL DEFAULT 0,
+  new_rank           integer NOT NULL DEFAULT 0,
+  old_thermal_state  smallint NOT NULL DEFAULT 0,
+  new_thermal_state  smallint NOT NULL DEFAULT 0,
+  message            text NOT NULL DEFAULT ''
+) PARTITION BY RANGE (time);
+CREATE INDEX events_node_id_time ON events (node_id, time);
+CREATE INDEX events_time ON events (time);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "nodes, frames, model_samples, device_samples", kV1},
     {2, "frames, model_samples, device_samples partitioned by day", kV2},
+    {3, "events partitioned by day", kV3},
 };
 
 constexpr absl::string_view kCreateMigrationsTable = R"sql(

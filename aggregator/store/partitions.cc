@@ -43,6 +43,7 @@ int64_t RetentionDays(const RetentionConfig& retention, absl::string_view table)
   if (table == "frames") return retention.frames_days;
   if (table == "model_samples") return retention.model_samples_days;
   if (table == "device_samples") return retention.device_samples_days;
+  if (table == "events") return retention.events_days;
   return 0;
 }
 

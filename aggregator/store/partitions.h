@@ -1,5 +1,6 @@
 // Day partitions of the sample tables (docs/schema.md, "Partitions and retention"). frames,
-// model_samples and device_samples are partitioned by RANGE (window_end), one partition per UTC
+// model_samples and device_samples are partitioned by RANGE (window_end), events by RANGE (time),
+// one partition per UTC
 // day named <table>_pYYYYMMDD covering [day 00:00 UTC, next day 00:00 UTC). Partitions are
 // created ahead of time by the maintenance pass and on demand by the writer (for replayed
 // frames of earlier days), and dropped whole when their day has expired: no DELETE, no bloat.
@@ -21,8 +22,8 @@
 
 namespace fleetwes::aggregator {
 
-inline constexpr std::array<absl::string_view, 3> kPartitionedTables = {"frames", "model_samples",
-                                                                        "device_samples"};
+inline constexpr std::array<absl::string_view, 4> kPartitionedTables = {"frames", "model_samples",
+                                                                        "device_samples", "events"};
 
 // Days `table` keeps under `retention` (0 for a table that is not partitioned).
 int64_t RetentionDays(const RetentionConfig& retention, absl::string_view table);

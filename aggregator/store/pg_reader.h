@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "aggregator/store/event_store.h"
 #include "fleetwes/v1/fleet.pb.h"
 #include "fleetwes/v1/telemetry.pb.h"
 
@@ -27,6 +28,18 @@ struct HistoryQuery {
   absl::Time start;
   absl::Time end;
   size_t limit = 1000;
+  // Zero: every sample. Else one point per step-wide bucket (aligned on the Unix epoch, the
+  // point's time is the bucket's start): values averaged, thermal state the worst in the bucket.
+  absl::Duration step = absl::ZeroDuration();
+};
+
+struct ProfileQuery {
+  std::string node_id;
+  std::string model;  // required here; see BusiestModel
+  absl::Time start;
+  absl::Time end;
+  size_t limit = 1000;
+  absl::Duration step = absl::ZeroDuration();  // as in HistoryQuery; memory pressure: any
 };
 
 // A node as stored: identity from `nodes`, plus its latest frame (by window end) if any.
@@ -49,6 +62,18 @@ class PgReader {
   // Points with window_end in [start, end]: the latest `limit` of them, oldest first.
   // Errors: the mapped database error (Unavailable when unreachable).
   absl::StatusOr<std::vector<v1::HistoryPoint>> History(const HistoryQuery& q);
+
+  // One node's model samples of `q.model` in [start, end] with the memory pressure of their
+  // frame: the latest `limit` points (or buckets), oldest first.
+  absl::StatusOr<std::vector<v1::ProfilePoint>> Profile(const ProfileQuery& q);
+
+  // The model with the most samples of `node_id` in [start, end] (ties: the first by name);
+  // empty when the node has none.
+  absl::StatusOr<std::string> BusiestModel(const std::string& node_id, absl::Time start,
+                                           absl::Time end);
+
+  // Stored events (aggregator/store/event_store.h).
+  absl::StatusOr<std::vector<v1::Event>> Events(const EventQuery& q);
 
   // Every node with its latest frame. A stored frame that no longer parses is skipped (logged).
   absl::StatusOr<std::vector<StoredNode>> LoadNodes();

@@ -29,6 +29,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->retention.frames_days, 30);
   EXPECT_EQ(c->retention.model_samples_days, 30);
   EXPECT_EQ(c->retention.device_samples_days, 14);
+  EXPECT_EQ(c->retention.events_days, 30);
   EXPECT_EQ(c->retention.check_interval, absl::Hours(1));
   EXPECT_EQ(c->retention.days_ahead, 2);
 }
@@ -47,6 +48,7 @@ retention:
   frames_days: 90
   model_samples_days: 60
   device_samples_days: 7
+  events_days: 45
   check_interval: 10m
   days_ahead: 3
 stale_after: 5
@@ -75,6 +77,7 @@ log_level: debug
   EXPECT_EQ(c->retention.frames_days, 90);
   EXPECT_EQ(c->retention.model_samples_days, 60);
   EXPECT_EQ(c->retention.device_samples_days, 7);
+  EXPECT_EQ(c->retention.events_days, 45);
   EXPECT_EQ(c->retention.check_interval, absl::Minutes(10));
   EXPECT_EQ(c->retention.days_ahead, 3);
 }
@@ -92,6 +95,7 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"writer:\n  max_batch_delay: soon\n", "writer.max_batch_delay"},
       {"retention:\n  frames_days: 0\n", "retention.frames_days"},
       {"retention:\n  device_samples_days: 4000\n", "retention.device_samples_days"},
+      {"retention:\n  events_days: 0\n", "retention.events_days"},
       {"retention:\n  check_interval: 0s\n", "retention.check_interval"},
       {"retention:\n  keep: 3\n", "keep'"},
       {"stale_after: 0.5\n", "stale_after"},

@@ -143,7 +143,7 @@ TEST_F(PartitionsPgTest, MaintenanceCreatesAheadAndDropsExpiredDays) {
   const absl::Time now = T0() + absl::Hours(6);  // 2026-01-01 06:00 UTC
   absl::StatusOr<MaintenanceResult> result = MaintainPartitions(*conn_, retention, now);
   ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(result->created, 3 * 3);  // today and two days ahead, three tables
+  EXPECT_EQ(result->created, 3 * 4);  // today and two days ahead, four tables
 
   absl::StatusOr<std::vector<DayPartition>> left = ListDayPartitions(*conn_);
   ASSERT_TRUE(left.ok()) << left.status();

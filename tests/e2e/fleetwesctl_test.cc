@@ -21,6 +21,7 @@
 #include "common/wes.h"
 #include "fleetwes/v1/fleet_mock.grpc.pb.h"
 #include "fleetwes/v1/router_mock.grpc.pb.h"
+#include "grpcpp/test/mock_stream.h"
 
 namespace fleetwes::aggregator::ctl {
 namespace {
@@ -400,6 +401,219 @@ TEST_F(RunCommandTest, UsageErrorsExitWithTwoAndCallNothing) {
   options_.output = "table";
   options_.limit = -1;
   EXPECT_EQ(Run({"leaderboard"}), kExitUsage);
+}
+
+// The first line of `text` containing `needle`.
+std::string LineWith(const std::string& text, const std::string& needle) {
+  for (const std::string& line : Lines(text)) {
+    if (line.find(needle) != std::string::npos) return line;
+  }
+  return "";
+}
+
+// Where `needle` starts in `line`, in characters (UTF-8 code points).
+size_t CharColumn(const std::string& line, const std::string& needle) {
+  const size_t at = line.find(needle);
+  size_t chars = 0;
+  for (size_t i = 0; i < at && i < line.size(); ++i) chars += (line[i] & 0xC0) != 0x80;
+  return chars;
+}
+
+v1::Event RankEvent(const std::string& node, uint32_t from, uint32_t to) {
+  v1::Event e;
+  e.mutable_time()->set_seconds(1767225600);
+  e.set_node_id(node);
+  e.set_kind(v1::EVENT_KIND_RANK_CHANGE);
+  e.set_old_rank(from);
+  e.set_new_rank(to);
+  e.set_message(absl::StrCat(node, " #", from, " -> #", to));
+  return e;
+}
+
+TEST(EventsTableTest, ShowsKindsChangesAndMessages) {
+  v1::EventsResponse r;
+  *r.add_events() = RankEvent("lab-03", 1, 3);
+  v1::Event hot;
+  hot.mutable_time()->set_seconds(1767225590);
+  hot.set_node_id("lab-03");
+  hot.set_model("llama3");
+  hot.set_kind(v1::EVENT_KIND_THERMAL_CHANGE);
+  hot.set_old_thermal_state(v1::THERMAL_STATE_NORMAL);
+  hot.set_new_thermal_state(v1::THERMAL_STATE_SERIOUS);
+  *r.add_events() = hot;
+  const std::string t = EventsTable(r);
+  EXPECT_THAT(t, HasSubstr("2026-01-01 00:00:00 UTC  lab-03  -       rank_change     #1 -> #3"));
+  EXPECT_THAT(t, HasSubstr("llama3  thermal_change  normal -> serious"));
+  EXPECT_EQ(EventsTable(v1::EventsResponse()), "no events\n");
+}
+
+TEST(ProfileTableTest, ShowsLatencyQueueAndWesSideBySide) {
+  v1::ProfileResponse r;
+  r.set_node_id("lab-03");
+  r.set_model("llama3");
+  v1::ProfilePoint* p = r.add_points();
+  p->mutable_time()->set_seconds(1767225600);
+  p->set_tokens_per_s(92);
+  p->set_ttft_p95_s(1.5);
+  p->set_tpot_p95_s(0.045);
+  p->set_kv_cache_usage(0.875);
+  p->set_queue(7);
+  p->set_thermal_state(v1::THERMAL_STATE_SERIOUS);
+  p->set_watts(220);
+  p->set_wes_raw(0.418);
+  p->set_wes_penalized(0.239);
+  const std::string t = ProfileTable(r);
+  EXPECT_THAT(t, HasSubstr("profile of node lab-03, model llama3"));
+  EXPECT_THAT(t, HasSubstr("92.0"));
+  EXPECT_THAT(t, HasSubstr("1.50s"));
+  EXPECT_THAT(t, HasSubstr("45ms"));
+  EXPECT_THAT(t, HasSubstr("87.5%"));
+  EXPECT_THAT(t, HasSubstr("serious"));
+  EXPECT_THAT(t, HasSubstr(FormatWes(0.239)));
+
+  v1::HistoryResponse h;
+  v1::HistoryPoint* hp = h.add_points();
+  hp->mutable_time()->set_seconds(1767225600);
+  hp->set_tokens_per_s(15);
+  hp->set_thermal_state(v1::THERMAL_STATE_FAIR);
+  EXPECT_THAT(HistoryTable(h),
+              HasSubstr("2026-01-01 00:00:00 UTC   15.0      -        -    -  fair"));
+}
+
+TEST(WatchScreenTest, MovesArePlainTextOffATerminalAndColouredArrowsOnOne) {
+  EXPECT_EQ(RankMove(1, 2, false), "up 1 (was #2)");
+  EXPECT_EQ(RankMove(4, 2, false), "down 2 (was #2)");
+  EXPECT_EQ(RankMove(1, 3, true), "▲2 (#3)");
+  EXPECT_EQ(RankMove(3, 1, true), "▼2 (#1)");
+  EXPECT_EQ(RankMove(2, 0, true), "new");
+  EXPECT_EQ(RankMove(2, 2, true), "");
+
+  v1::LeaderboardUpdate u;
+  *u.mutable_leaderboard() = FourNodeFleet();
+  *u.add_events() = RankEvent("lab-03", 2, 3);
+  const std::map<std::string, uint32_t> before = {
+      {"studio-01", 1}, {"devbox-02", 3}, {"lab-03", 2}};
+  const std::string plain = WatchScreen(u, before, false);
+  EXPECT_THAT(plain, HasSubstr("devbox-02"));
+  EXPECT_THAT(LineWith(plain, "devbox-02"), HasSubstr("up 1 (was #3)"));
+  EXPECT_THAT(LineWith(plain, "lab-03  "), HasSubstr("down 1 (was #2)"));
+  EXPECT_THAT(LineWith(plain, "spare-04"), HasSubstr("new"));
+  EXPECT_THAT(plain,
+              HasSubstr("events:\n  2026-01-01 00:00:00 UTC  lab-03  rank_change  #2 -> #3"));
+  EXPECT_THAT(plain, HasSubstr("unranked: edge-05 (no_power_reading), old-06 (stale)"));
+  EXPECT_EQ(plain.find('\x1b'), std::string::npos);
+
+  const std::string tty = WatchScreen(u, before, true);
+  EXPECT_THAT(tty, HasSubstr("\x1b[32m"));
+  EXPECT_THAT(tty, HasSubstr("▲1 (#3)"));
+  EXPECT_THAT(tty, HasSubstr("▼1 (#2)"));
+  // Arrows count as one column: the NODE column starts at the same character on every row.
+  EXPECT_EQ(CharColumn(LineWith(tty, "studio-01"), "studio-01"),
+            CharColumn(LineWith(tty, "devbox-02"), "devbox-02") - 5);  // after "\x1b[32m"
+  // The server's previous_rank wins over the client's memory.
+  v1::LeaderboardUpdate v = u;
+  v.mutable_leaderboard()->mutable_entries(0)->set_previous_rank(4);
+  EXPECT_THAT(LineWith(WatchScreen(v, before, false), "studio-01"), HasSubstr("up 3 (was #4)"));
+  // The first screen has no moves.
+  EXPECT_THAT(WatchScreen(u, {}, false), Not(HasSubstr("was #")));
+}
+
+TEST_F(RunCommandTest, EventsHistoryAndProfileSendTheirFilters) {
+  options_.node = "lab-03";
+  options_.kind = "rank_change,stale";
+  options_.since = "2h";
+  options_.limit = 20;
+  EXPECT_CALL(fleet_, Events(_, _, _))
+      .WillOnce(Invoke(
+          [](grpc::ClientContext* ctx, const v1::EventsRequest& req, v1::EventsResponse* resp) {
+            EXPECT_EQ(req.node_id(), "lab-03");
+            EXPECT_EQ(req.kinds_size(), 2);
+            if (req.kinds_size() != 2) return grpc::Status::OK;
+            EXPECT_EQ(req.kinds(0), v1::EVENT_KIND_RANK_CHANGE);
+            EXPECT_EQ(req.kinds(1), v1::EVENT_KIND_STALE);
+            EXPECT_EQ(req.start().seconds(), 1767225600 - 7200);
+            EXPECT_EQ(req.limit(), 20u);
+            EXPECT_GT(ctx->deadline(), std::chrono::system_clock::now());
+            *resp->add_events() = RankEvent("lab-03", 1, 3);
+            return grpc::Status::OK;
+          }));
+  EXPECT_EQ(Run({"events"}), kExitOk);
+  EXPECT_THAT(out_.str(), HasSubstr("lab-03 #1 -> #3"));
+
+  options_ = CtlOptions();
+  options_.model = "llama3";
+  options_.step = absl::Minutes(1);
+  options_.since = "2025-12-31T23:00:00Z";
+  EXPECT_CALL(fleet_, History(_, _, _))
+      .WillOnce(
+          Invoke([](grpc::ClientContext*, const v1::HistoryRequest& req, v1::HistoryResponse*) {
+            EXPECT_EQ(req.node_id(), "lab-03");
+            EXPECT_EQ(req.model(), "llama3");
+            EXPECT_EQ(req.step().seconds(), 60);
+            EXPECT_EQ(req.start().seconds(), 1767225600 - 3600);
+            return grpc::Status::OK;
+          }));
+  EXPECT_EQ(Run({"history", "lab-03"}), kExitOk);
+  EXPECT_EQ(out_.str(), "no samples in the range\n");
+
+  // Without --since the server's default range applies: no start is sent.
+  options_.since = "";
+  EXPECT_CALL(fleet_, Profile(_, _, _))
+      .WillOnce(
+          Invoke([](grpc::ClientContext*, const v1::ProfileRequest& req, v1::ProfileResponse*) {
+            EXPECT_FALSE(req.has_start());
+            EXPECT_FALSE(req.has_step());
+            return grpc::Status::OK;
+          }))
+      .WillOnce(Return(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                    "node \"lab-09\" has no model samples between a and b")));
+  options_.step = absl::ZeroDuration();
+  EXPECT_EQ(Run({"profile", "lab-09"}), kExitOk);
+  EXPECT_EQ(Run({"profile", "lab-09"}), kExitFailure);
+  EXPECT_EQ(err_.str(), "fleetwesctl: node \"lab-09\" has no model samples between a and b\n");
+
+  EXPECT_EQ(Run({"history"}), kExitUsage);
+  options_.since = "last tuesday";
+  EXPECT_EQ(Run({"profile", "lab-03"}), kExitUsage);
+  EXPECT_THAT(err_.str(), HasSubstr("--since must be an RFC 3339 time or a duration"));
+  options_ = CtlOptions();
+  options_.kind = "hot";
+  EXPECT_EQ(Run({"events"}), kExitUsage);
+}
+
+TEST_F(RunCommandTest, WatchPrintsEachUpdateWithMovesUntilTheServerEndsIt) {
+  options_.watch = true;
+  auto* reader = new grpc::testing::MockClientReader<v1::LeaderboardUpdate>();
+  v1::LeaderboardUpdate first;
+  *first.mutable_leaderboard() = FourNodeFleet();
+  v1::LeaderboardUpdate second = first;
+  second.mutable_leaderboard()->mutable_entries(1)->set_rank(3);
+  second.mutable_leaderboard()->mutable_entries(2)->set_rank(2);
+  *second.add_events() = RankEvent("lab-03", 3, 2);
+  EXPECT_CALL(*reader, Read(_))
+      .WillOnce(DoAll(SetArgPointee<0>(first), Return(true)))
+      .WillOnce(DoAll(SetArgPointee<0>(second), Return(true)))
+      .WillOnce(Return(false));
+  EXPECT_CALL(*reader, Finish()).WillOnce(Return(grpc::Status::OK));
+  EXPECT_CALL(fleet_, WatchLeaderboardRaw(_, _)).WillOnce(Return(reader));
+  EXPECT_EQ(Run({"leaderboard"}), kExitOk);
+  const std::string out = out_.str();
+  EXPECT_EQ(out.find('\x1b'), std::string::npos);
+  EXPECT_THAT(out, HasSubstr("up 1 (was #3)"));
+  EXPECT_THAT(out, HasSubstr("down 1 (was #2)"));
+  EXPECT_THAT(out, HasSubstr("#3 -> #2"));
+  EXPECT_EQ(err_.str(), "fleetwesctl: the aggregator ended the watch\n");
+
+  // Refused or unreachable: one clear line.
+  auto* refused = new grpc::testing::MockClientReader<v1::LeaderboardUpdate>();
+  EXPECT_CALL(*refused, Read(_)).WillOnce(Return(false));
+  EXPECT_CALL(*refused, Finish())
+      .WillOnce(Return(grpc::Status(grpc::StatusCode::UNAVAILABLE, "Connection refused")));
+  EXPECT_CALL(fleet_, WatchLeaderboardRaw(_, _)).WillOnce(Return(refused));
+  EXPECT_EQ(Run({"leaderboard"}), kExitFailure);
+  EXPECT_EQ(err_.str(),
+            "fleetwesctl: cannot reach fleetwes-aggregator at localhost:7470 (connection "
+            "refused)\n");
 }
 
 // A loopback port with nothing listening: bind port 0, read it back, close.
