@@ -24,6 +24,7 @@ namespace {
 
 constexpr char kMetricsContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 constexpr int kHealthIntervals = 3;
+constexpr size_t kServerThreads = 3;
 
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
@@ -474,6 +475,9 @@ std::string LocalHttp::RenderStatus() const {
 
 absl::Status LocalHttp::Start() {
   server_ = std::make_unique<httplib::Server>();
+  // A few operators and one Prometheus: httplib's default pool (at least 8 threads) would only
+  // add idle threads and stacks to the agent's footprint.
+  server_->new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
   // Only SO_REUSEADDR: httplib's SO_REUSEPORT would let a second agent share the port silently.
   server_->set_socket_options([](int sock) {
     int yes = 1;
