@@ -23,7 +23,8 @@ namespace {
 
 // The collector of an Ollama engine with its proxy and probe when configured. A proxy that
 // cannot listen is logged and left out: the engine is still read for residency.
-std::unique_ptr<EngineCollector> MakeOllamaCollector(const EngineConfig& e, Clock* clock) {
+std::unique_ptr<EngineCollector> MakeOllamaCollector(const EngineConfig& e, Clock* clock,
+                                                     OllamaProxyRegistry* proxies) {
   std::shared_ptr<OllamaProxy> proxy;
   if (e.proxy.enabled) {
     OllamaProxyOptions options;
@@ -34,6 +35,7 @@ std::unique_ptr<EngineCollector> MakeOllamaCollector(const EngineConfig& e, Cloc
         OllamaProxy::Start(std::move(options), clock);
     if (started.ok()) {
       proxy = *std::move(started);
+      if (proxies != nullptr) proxies->Add(e.name, proxy);
       Logger("agent")->info("engine {}: ollama proxy on port {} forwards to {}", e.name,
                             proxy->port(), e.url);
     } else {
@@ -60,7 +62,8 @@ std::unique_ptr<EngineCollector> MakeOllamaCollector(const EngineConfig& e, Cloc
 }  // namespace
 
 std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config,
-                                                                   Clock* clock) {
+                                                                   Clock* clock,
+                                                                   OllamaProxyRegistry* proxies) {
   std::vector<std::unique_ptr<EngineCollector>> out;
   for (const EngineConfig& e : config.engines) {
     switch (e.kind) {
@@ -74,7 +77,7 @@ std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentCo
         out.push_back(std::make_unique<SglangCollector>(e));
         break;
       case v1::ENGINE_KIND_OLLAMA:
-        out.push_back(MakeOllamaCollector(e, clock));
+        out.push_back(MakeOllamaCollector(e, clock, proxies));
         break;
       default:
         if (e.discovered) {
@@ -91,7 +94,8 @@ std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentCo
   return out;
 }
 
-std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot_id, Clock* clock) {
+std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot_id, Clock* clock,
+                                     OllamaProxyRegistry* proxies) {
   SamplerOptions options;
   options.node_id = config.node_id;
   options.boot_id = std::move(boot_id);
@@ -105,7 +109,7 @@ std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot
   if (config.hardware.nvml) {
     hardware.push_back(std::make_unique<NvmlCollector>(config.hardware.nvml_library));
   }
-  return std::make_unique<Sampler>(std::move(options), MakeEngineCollectors(config, clock),
+  return std::make_unique<Sampler>(std::move(options), MakeEngineCollectors(config, clock, proxies),
                                    std::make_unique<CombinedHardwareCollector>(std::move(hardware)),
                                    clock);
 }
@@ -189,7 +193,7 @@ Agent::Agent(const AgentConfig& configured, Clock* clock, std::string boot_id,
     }
     known_engines_ = config.engines;
   }
-  sampler_ = MakeSampler(config, boot_id_, clock);
+  sampler_ = MakeSampler(config, boot_id_, clock, &ollama_proxies_);
   UplinkOptions options;
   options.addresses = config.aggregators;
   Sampler* sampler = sampler_.get();
@@ -241,6 +245,7 @@ Agent::Agent(const AgentConfig& configured, Clock* clock, std::string boot_id,
       const v1::Hello hello = sampler->Hello();
       return std::vector<v1::EngineStatus>(hello.engines().begin(), hello.engines().end());
     };
+    sources.ollama_proxies = [this] { return ollama_proxies_.Stats(); };
     local_http_ = std::make_unique<LocalHttp>(std::move(http), std::move(sources), clock);
   }
   // The uplink starts with the first frame, so its Hello carries the device inventory.
@@ -275,7 +280,7 @@ void Agent::RunDiscovery(DiscoveryConfig options, Clock* clock) {
     for (EngineConfig& e : DiscoverEngines(options, known_engines_, &stop_discovery_)) {
       AgentConfig one;
       one.engines = {e};
-      for (auto& collector : MakeEngineCollectors(one, clock_)) {
+      for (auto& collector : MakeEngineCollectors(one, clock_, &ollama_proxies_)) {
         sampler_->AddEngine(std::move(collector));
       }
       known_engines_.push_back(std::move(e));

@@ -16,6 +16,7 @@
 #include "agent/config.h"
 #include "agent/frame_queue.h"
 #include "agent/local_http.h"
+#include "agent/ollama_proxy.h"
 #include "agent/sampler.h"
 #include "agent/spool.h"
 #include "agent/uplink.h"
@@ -26,12 +27,14 @@ namespace fleetwes::agent {
 
 // One collector per configured engine, in config order. Discovered engines of a kind without a
 // collector are skipped (logged). An Ollama engine's proxy and probe, when configured, start here
-// and live as long as its collector; `clock` times them.
-std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(const AgentConfig& config,
-                                                                   Clock* clock = RealClock());
+// and live as long as its collector; `clock` times them. Started proxies are added to `proxies`
+// when given.
+std::vector<std::unique_ptr<EngineCollector>> MakeEngineCollectors(
+    const AgentConfig& config, Clock* clock = RealClock(), OllamaProxyRegistry* proxies = nullptr);
 
 // A sampler for `config` reading engines and the Linux hardware under hardware.root.
-std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot_id, Clock* clock);
+std::unique_ptr<Sampler> MakeSampler(const AgentConfig& config, std::string boot_id, Clock* clock,
+                                     OllamaProxyRegistry* proxies = nullptr);
 
 // "config OK: node X, 1 engine (llamacpp a at http://...), 1 aggregator, interval 2s, ...".
 std::string DescribeConfig(const AgentConfig& config);
@@ -77,6 +80,7 @@ class Agent {
   void RunDiscovery(DiscoveryConfig options, Clock* clock);
 
   const std::string boot_id_;
+  OllamaProxyRegistry ollama_proxies_;  // for /metrics; outlives the sampler's collectors
   std::unique_ptr<Sampler> sampler_;
   // Frames wait in the spool unless it is disabled, else in memory.
   MemoryFrameQueue memory_queue_;

@@ -1,5 +1,6 @@
 // fleetwes-agent: reads the node's inference engines and hardware every interval and streams
 // one frame per window to fleetwes-aggregator. See docs/agent.md.
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -65,6 +66,9 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // glibc gives every thread that allocates its own malloc arena (up to 8 per core), each keeping
+  // freed memory; the agent allocates little and rarely, so two arenas are plenty.
+  mallopt(M_ARENA_MAX, 2);
   // absl::Mutex's lock-order graph (deadlock detection) costs every lock a stack walk and a graph
   // update; tests run with it, the service does not.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

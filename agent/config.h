@@ -80,7 +80,8 @@ struct SpoolConfig {
   // beyond it. Below 1 MiB the spool holds only a handful of frames: meant for tests.
   int64_t max_bytes = int64_t{256} << 20;
   static constexpr int64_t kMinMaxBytes = 4096;
-  // Default 200ms; 1ms..500ms. Group fsync period (the most a machine crash can lose).
+  // Default 200ms; 1ms..500ms. Group fsync delay after the first unsynced frame (the most a
+  // machine crash can lose).
   absl::Duration fsync_interval = absl::Milliseconds(200);
 };
 

@@ -24,6 +24,7 @@ namespace {
 
 constexpr char kMetricsContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 constexpr int kHealthIntervals = 3;
+constexpr size_t kServerThreads = 3;
 
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
@@ -61,6 +62,56 @@ std::string ProtoJson(const google::protobuf::Message& m) {
   std::string json;
   if (!google::protobuf::util::MessageToJsonString(m, &json, options).ok()) return "null";
   return json;
+}
+
+// The counters of the Ollama proxies (agent/ollama_proxy.h), one series set per engine. No
+// family without a proxy.
+void AddProxyFamilies(const std::vector<OllamaProxyRegistry::Entry>& proxies,
+                      std::vector<MetricFamily>* out) {
+  if (proxies.empty()) return;
+  MetricFamily requests =
+      Family("fleetwes_agent_ollama_proxy_requests_total",
+             "Requests the Ollama proxy forwarded to the engine", MetricType::Counter);
+  MetricFamily in_flight = Family("fleetwes_agent_ollama_proxy_requests_in_flight",
+                                  "Requests the Ollama proxy is serving now", MetricType::Gauge);
+  MetricFamily too_large =
+      Family("fleetwes_agent_ollama_proxy_rejected_too_large_total",
+             "Requests answered 413: body above proxy.max_request_bytes", MetricType::Counter);
+  MetricFamily upstream = Family(
+      "fleetwes_agent_ollama_proxy_upstream_failures_total",
+      "Requests the engine failed: before the response (answered 502) or during it (cut short)",
+      MetricType::Counter);
+  MetricFamily errors =
+      Family("fleetwes_agent_ollama_proxy_errors_total",
+             "Other proxy errors by kind: client_abort (client left before the end), "
+             "bad_response_line (a generate/chat line that was not a JSON object)",
+             MetricType::Counter);
+  MetricFamily bytes = Family("fleetwes_agent_ollama_proxy_bytes_total",
+                              "Body bytes through the proxy: request (to the engine), response "
+                              "(to clients)",
+                              MetricType::Counter);
+  MetricFamily queued = Family("fleetwes_agent_ollama_proxy_queued_bytes",
+                               "Response bytes waiting for slow clients now", MetricType::Gauge);
+  for (const OllamaProxyRegistry::Entry& p : proxies) {
+    const OllamaProxyStats& s = p.stats;
+    const std::string& e = p.engine;
+    Add(&requests, {{"engine", e}}, static_cast<double>(s.requests));
+    Add(&in_flight, {{"engine", e}}, static_cast<double>(s.in_flight));
+    Add(&too_large, {{"engine", e}}, static_cast<double>(s.rejected_too_large));
+    Add(&upstream, {{"engine", e}, {"stage", "before_response"}},
+        static_cast<double>(s.upstream_unreachable));
+    Add(&upstream, {{"engine", e}, {"stage", "during_response"}},
+        static_cast<double>(s.upstream_cut));
+    Add(&errors, {{"engine", e}, {"kind", "client_abort"}}, static_cast<double>(s.client_aborts));
+    Add(&errors, {{"engine", e}, {"kind", "bad_response_line"}},
+        static_cast<double>(s.meter_errors));
+    Add(&bytes, {{"engine", e}, {"direction", "request"}}, static_cast<double>(s.request_bytes));
+    Add(&bytes, {{"engine", e}, {"direction", "response"}}, static_cast<double>(s.response_bytes));
+    Add(&queued, {{"engine", e}}, static_cast<double>(s.queued_bytes));
+  }
+  for (MetricFamily* f : {&requests, &in_flight, &too_large, &upstream, &errors, &bytes, &queued}) {
+    out->push_back(std::move(*f));
+  }
 }
 
 // The families built from the last frame; absent values produce no sample, so departed models
@@ -340,6 +391,7 @@ std::string LocalHttp::RenderMetrics() const {
       families.push_back(std::move(given_up));
     }
   }
+  if (sources_.ollama_proxies) AddProxyFamilies(sources_.ollama_proxies(), &families);
   if (frame != nullptr) AddFrameFamilies(*frame, &families);
 
   std::ostringstream out;
@@ -423,6 +475,9 @@ std::string LocalHttp::RenderStatus() const {
 
 absl::Status LocalHttp::Start() {
   server_ = std::make_unique<httplib::Server>();
+  // A few operators and one Prometheus: httplib's default pool (at least 8 threads) would only
+  // add idle threads and stacks to the agent's footprint.
+  server_->new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
   // Only SO_REUSEADDR: httplib's SO_REUSEPORT would let a second agent share the port silently.
   server_->set_socket_options([](int sock) {
     int yes = 1;

@@ -1,7 +1,8 @@
 // The agent's local HTTP surface (cpp-httplib), for the node's own operators and a Prometheus
 // that scrapes nodes directly:
 //   GET /healthz  200 "ok" while the sampler produces frames, else 503 with the reason
-//   GET /metrics  Prometheus text: the agent's own counters and the latest frame's values
+//   GET /metrics  Prometheus text: the agent's own counters (Ollama proxies included) and the
+//                 latest frame's values
 //   GET /status   JSON: identity, last frame, uplink, spool, engines
 // Other methods on these paths get 405. docs/agent.md lists every metric.
 // The sampler loop hands each frame to PublishFrame(); requests read the last one and call the
@@ -20,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/ollama_proxy.h"
 #include "agent/sampler.h"
 #include "agent/uplink.h"
 #include "common/clock.h"
@@ -56,6 +58,8 @@ struct LocalHttpSources {
   std::function<std::vector<EngineReadCounters>()> engine_reads;
   // The configured engines with their last status (Sampler::Hello().engines()).
   std::function<std::vector<v1::EngineStatus>()> engines;
+  // The counters of the engines' Ollama proxies (OllamaProxyRegistry::Stats()).
+  std::function<std::vector<OllamaProxyRegistry::Entry>()> ollama_proxies;
 };
 
 class LocalHttp {

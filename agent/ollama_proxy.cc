@@ -65,6 +65,25 @@ bool Metered(const std::string& method, const std::string& path) {
   return method == "POST" && (path == "/api/generate" || path == "/api/chat");
 }
 
+// Whether the request on this server thread reached OllamaProxy::Serve. httplib answers an
+// oversized body with 413 before any handler runs and calls only the error handler; an
+// upstream's own 413 passes through Serve. httplib serves one request at a time per thread,
+// between its pre-routing and error handlers.
+thread_local bool t_served = false;
+
+// Decrements the in-flight count when the last holder (the handler, or the response's content
+// provider and releaser) lets go.
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<uint64_t>* count) : count_(count) { ++*count_; }
+  ~InFlight() { --*count_; }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  std::atomic<uint64_t>* const count_;
+};
+
 }  // namespace
 
 // One request in flight: the upstream thread fills the queue, the client's content provider
@@ -126,6 +145,16 @@ absl::StatusOr<std::unique_ptr<OllamaProxy>> OllamaProxy::Start(OllamaProxyOptio
   server.Delete(".*", handler);
   server.Options(".*", handler);
   server.set_payload_max_length(proxy->options_.max_request_bytes);
+  server.set_pre_routing_handler(
+      httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response&) {
+        t_served = false;
+        return httplib::Server::HandlerResponse::Unhandled;
+      }));
+  server.set_error_handler(
+      httplib::Server::HandlerWithResponse([self](const httplib::Request&, httplib::Response& res) {
+        if (res.status == 413 && !t_served) ++self->rejected_too_large_;
+        return httplib::Server::HandlerResponse::Unhandled;
+      }));
   server.set_tcp_nodelay(true);
   server.set_keep_alive_timeout(5);
   server.set_read_timeout(ToMicros(absl::Seconds(60)));
@@ -182,12 +211,34 @@ void OllamaProxy::Stop() {
 OllamaProxyStats OllamaProxy::stats() const {
   OllamaProxyStats s;
   s.requests = requests_.load();
-  s.upstream_errors = upstream_errors_.load();
+  s.upstream_unreachable = upstream_unreachable_.load();
+  s.upstream_cut = upstream_cut_.load();
+  s.upstream_errors = s.upstream_unreachable + s.upstream_cut;
+  s.rejected_too_large = rejected_too_large_.load();
+  s.in_flight = in_flight_.load();
+  s.request_bytes = request_bytes_.load();
+  s.response_bytes = response_bytes_.load();
   s.client_aborts = client_aborts_.load();
   s.meter_errors = meter_errors_.load();
   s.queued_bytes = queued_bytes_.load();
   s.max_queued_bytes = max_queued_bytes_.load();
   return s;
+}
+
+void OllamaProxyRegistry::Add(std::string engine, std::weak_ptr<const OllamaProxy> proxy) {
+  absl::MutexLock lock(&mu_);
+  proxies_.emplace_back(std::move(engine), std::move(proxy));
+}
+
+std::vector<OllamaProxyRegistry::Entry> OllamaProxyRegistry::Stats() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<Entry> out;
+  for (const auto& [engine, weak] : proxies_) {
+    if (std::shared_ptr<const OllamaProxy> proxy = weak.lock()) {
+      out.push_back({engine, proxy->stats()});
+    }
+  }
+  return out;
 }
 
 void OllamaProxy::ReapFinished() {
@@ -209,6 +260,8 @@ void OllamaProxy::ReapFinished() {
 void OllamaProxy::Serve(const void* request, void* response) {
   const auto& req = *static_cast<const httplib::Request*>(request);
   auto& res = *static_cast<httplib::Response*>(response);
+  t_served = true;
+  auto in_flight = std::make_shared<InFlight>(&in_flight_);
 
   auto x = std::make_shared<Exchange>();
   x->start = clock_->Now();
@@ -240,6 +293,7 @@ void OllamaProxy::Serve(const void* request, void* response) {
     }
     ReapFinished();
     ++requests_;
+    request_bytes_ += req.body.size();
     if (x->metered) traffic_.Begin(x->model);
     active_.push_back(x);
     x->thread = std::thread([this, x] { Upstream(x); });
@@ -293,7 +347,7 @@ void OllamaProxy::Serve(const void* request, void* response) {
   }
 
   // Hands the next queued chunk to `sink`; false when the response cannot be completed.
-  auto pump = [this, x](httplib::DataSink& sink) -> bool {
+  auto pump = [this, x, in_flight](httplib::DataSink& sink) -> bool {
     std::string chunk;
     {
       absl::MutexLock lock(&x->mu);
@@ -318,9 +372,10 @@ void OllamaProxy::Serve(const void* request, void* response) {
       x->cancelled = true;
       return false;
     }
+    response_bytes_ += chunk.size();
     return true;
   };
-  auto release = [this, x](bool success) {
+  auto release = [this, x, in_flight](bool success) {
     absl::MutexLock lock(&x->mu);
     if (!success && !x->upstream_done) ++client_aborts_;
     x->cancelled = true;
@@ -385,7 +440,12 @@ void OllamaProxy::Upstream(std::shared_ptr<Exchange> x) {
   // Accounted before the client sees the end of the response.
   const bool failed = !ok && !cancelled;
   if (failed) {
-    ++upstream_errors_;
+    bool started;
+    {
+      absl::MutexLock lock(&e->mu);
+      started = e->headers_ready;
+    }
+    ++(started ? upstream_cut_ : upstream_unreachable_);
     Logger("agent")->warn("ollama proxy: {} {} to {} failed: {}", req.method, req.path,
                           upstream_base_, httplib::to_string(error));
   }

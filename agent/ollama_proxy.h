@@ -22,6 +22,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -47,12 +49,18 @@ struct OllamaProxyOptions {
 };
 
 struct OllamaProxyStats {
-  uint64_t requests = 0;          // requests forwarded upstream
-  uint64_t upstream_errors = 0;   // answered 502, or cut short by the upstream
-  uint64_t client_aborts = 0;     // the client went away before the response ended
-  uint64_t meter_errors = 0;      // generate/chat lines that were not valid objects
-  uint64_t queued_bytes = 0;      // bytes waiting for clients now
-  uint64_t max_queued_bytes = 0;  // the most one request ever had waiting
+  uint64_t requests = 0;              // requests forwarded upstream
+  uint64_t upstream_errors = 0;       // upstream_unreachable + upstream_cut
+  uint64_t upstream_unreachable = 0;  // failed before the response started: answered 502
+  uint64_t upstream_cut = 0;          // cut short by the upstream after the response started
+  uint64_t client_aborts = 0;         // the client went away before the response ended
+  uint64_t meter_errors = 0;          // generate/chat lines that were not valid objects
+  uint64_t rejected_too_large = 0;    // request bodies above max_request_bytes: answered 413
+  uint64_t in_flight = 0;             // requests being served now
+  uint64_t request_bytes = 0;         // request body bytes forwarded upstream
+  uint64_t response_bytes = 0;        // response body bytes handed to clients
+  uint64_t queued_bytes = 0;          // bytes waiting for clients now
+  uint64_t max_queued_bytes = 0;      // the most one request ever had waiting
 };
 
 class OllamaProxy {
@@ -90,7 +98,12 @@ class OllamaProxy {
   int port_ = 0;
 
   std::atomic<uint64_t> requests_{0};
-  std::atomic<uint64_t> upstream_errors_{0};
+  std::atomic<uint64_t> upstream_unreachable_{0};
+  std::atomic<uint64_t> upstream_cut_{0};
+  std::atomic<uint64_t> rejected_too_large_{0};
+  std::atomic<uint64_t> in_flight_{0};
+  std::atomic<uint64_t> request_bytes_{0};
+  std::atomic<uint64_t> response_bytes_{0};
   std::atomic<uint64_t> client_aborts_{0};
   std::atomic<uint64_t> meter_errors_{0};
   std::atomic<uint64_t> queued_bytes_{0};
@@ -99,6 +112,24 @@ class OllamaProxy {
   mutable absl::Mutex mu_;  // before any Exchange::mu
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::list<std::shared_ptr<Exchange>> active_ ABSL_GUARDED_BY(mu_);
+};
+
+// The proxies of one agent, for its /metrics. Thread-safe; a proxy that was destroyed is left
+// out.
+class OllamaProxyRegistry {
+ public:
+  struct Entry {
+    std::string engine;
+    OllamaProxyStats stats;
+  };
+  void Add(std::string engine, std::weak_ptr<const OllamaProxy> proxy);
+  // Every live proxy's counters, in the order they were added.
+  std::vector<Entry> Stats() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<std::pair<std::string, std::weak_ptr<const OllamaProxy>>> proxies_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace fleetwes::agent

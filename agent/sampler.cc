@@ -130,21 +130,19 @@ std::string NewBootId() {
 Sampler::Sampler(SamplerOptions options, std::vector<std::unique_ptr<EngineCollector>> engines,
                  std::unique_ptr<HardwareCollector> hardware, Clock* clock)
     : options_(std::move(options)), hardware_(std::move(hardware)), clock_(clock) {
-  std::vector<v1::EngineStatus> status;
-  std::vector<EngineReadCounters> counters;
-  for (auto& e : engines) {
-    counters.push_back({.engine_id = e->engine_id()});
-    v1::EngineStatus& s = status.emplace_back();
-    s.set_engine_id(e->engine_id());
-    s.set_kind(e->kind());
-    s.set_endpoint(e->endpoint());
-    EngineState state;
-    state.worker = std::make_unique<internal::EngineWorker>(std::move(e));
-    engines_.push_back(std::move(state));
-  }
   absl::MutexLock lock(&mu_);
-  engine_status_ = std::move(status);
-  read_counters_ = std::move(counters);
+  for (auto& e : engines) AddWorker(std::move(e));
+}
+
+void Sampler::AddWorker(std::unique_ptr<EngineCollector> engine) {
+  read_counters_.push_back({.engine_id = engine->engine_id()});
+  v1::EngineStatus& s = engine_status_.emplace_back();
+  s.set_engine_id(engine->engine_id());
+  s.set_kind(engine->kind());
+  s.set_endpoint(engine->endpoint());
+  EngineState state;
+  state.worker = std::make_unique<internal::EngineWorker>(std::move(engine));
+  engines_.push_back(std::move(state));
 }
 
 Sampler::~Sampler() = default;
@@ -168,16 +166,7 @@ std::optional<v1::Frame> Sampler::Tick(std::optional<absl::Duration> cadence) {
   const absl::Time now = clock_->Now();
   {
     absl::MutexLock lock(&mu_);
-    for (auto& e : added_) {
-      read_counters_.push_back({.engine_id = e->engine_id()});
-      v1::EngineStatus& s = engine_status_.emplace_back();
-      s.set_engine_id(e->engine_id());
-      s.set_kind(e->kind());
-      s.set_endpoint(e->endpoint());
-      EngineState state;
-      state.worker = std::make_unique<internal::EngineWorker>(std::move(e));
-      engines_.push_back(std::move(state));
-    }
+    for (auto& e : added_) AddWorker(std::move(e));
     added_.clear();
   }
 

@@ -100,6 +100,10 @@ class Sampler {
     std::optional<absl::Time> pids_checked;  // when `pids` was last resolved or tried
   };
 
+  // Starts the worker of `engine` and registers its status and read counters. Called only by the
+  // sampling thread (or the constructor), which alone touches engines_.
+  void AddWorker(std::unique_ptr<EngineCollector> engine) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // The engine's processes, resolved at most every process_refresh; nullopt when unknown.
   const std::optional<std::set<int64_t>>& EnginePids(EngineState* e, absl::Time now);
 

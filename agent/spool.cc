@@ -166,6 +166,10 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Open(SpoolOptions options, Clock* 
 Spool::Spool(SpoolOptions options, Clock* clock) : options_(std::move(options)), clock_(clock) {}
 
 Spool::~Spool() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
   stop_.Notify();
   if (timer_.joinable()) timer_.join();
   Flush();
@@ -176,8 +180,22 @@ Spool::~Spool() {
   }
 }
 
+bool Spool::SyncDue() const { return stats_.unsynced > 0 || !to_sync_.empty() || acks_urgent_; }
+
 void Spool::TimerLoop() {
-  while (!clock_->WaitFor(options_.fsync_interval, &stop_)) Flush();
+  while (true) {
+    absl::Time due;
+    {
+      absl::MutexLock lock(&mu_);
+      // No timer while there is nothing to sync: the thread sleeps until an append (or a stop).
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || SyncDue(); };
+      mu_.Await(absl::Condition(&wake));
+      if (stopping_) return;
+      due = unsynced_since_.value_or(clock_->Now()) + options_.fsync_interval;
+    }
+    if (clock_->WaitUntil(due, &stop_)) return;
+    Sync(/*all=*/false);
+  }
 }
 
 void Spool::LoadAcks() {
@@ -363,8 +381,7 @@ void Spool::ScanSegment(uint64_t number, const std::string& path) {
       break;
     }
     last = frame.seq();
-    seg.records.push_back(
-        Record{frame.boot_id(), frame.seq(), offset + kRecordHeaderBytes, length});
+    Append(seg, Record{frame.boot_id(), frame.seq(), offset + kRecordHeaderBytes, length});
     offset = end;
   }
 
@@ -449,7 +466,7 @@ void Spool::Push(v1::Frame frame) {
     if (absl::Status s = StartSegment(); !s.ok()) {
       ++stats_.write_errors;
       ++stats_.evicted;
-      acks_dirty_ = true;
+      acks_dirty_ = acks_urgent_ = true;
       log->error("node {}: frame seq {} dropped: {}", options_.node_id, frame.seq(),
                  std::string(s.message()));
       return;
@@ -460,7 +477,7 @@ void Spool::Push(v1::Frame frame) {
     const std::string why = Errno();
     ++stats_.write_errors;
     ++stats_.evicted;
-    acks_dirty_ = true;
+    acks_dirty_ = acks_urgent_ = true;
     // Cut the partial record so the segment stays well formed; appends move to a new segment.
     if (::ftruncate(seg.fd, static_cast<off_t>(seg.bytes)) != 0) {
       log->warn("spool: cannot truncate {}: {}", seg.path, Errno());
@@ -470,12 +487,12 @@ void Spool::Push(v1::Frame frame) {
                seg.path, why);
     return;
   }
-  seg.records.push_back(Record{options_.boot_id, frame.seq(), seg.bytes + kRecordHeaderBytes,
-                               static_cast<uint32_t>(payload.size())});
+  Append(seg, Record{options_.boot_id, frame.seq(), seg.bytes + kRecordHeaderBytes,
+                     static_cast<uint32_t>(payload.size())});
   seg.bytes += record.size();
   highest_[options_.boot_id] = frame.seq();
   ++stats_.appended;
-  ++stats_.unsynced;
+  if (stats_.unsynced++ == 0) unsynced_since_ = clock_->Now();
   EvictOverBound();
 }
 
@@ -500,7 +517,7 @@ void Spool::EvictOverBound() {
     total -= oldest.bytes;
     if (lost > 0) {
       stats_.evicted += lost;
-      acks_dirty_ = true;
+      acks_dirty_ = acks_urgent_ = true;
       Logger("spool")->warn(
           "node {}: spool over {} bytes: evicted {} unacknowledged frame(s) from seq {} "
           "({} evicted in total)",
@@ -520,12 +537,29 @@ void Spool::DropSegment(Segment& segment) {
   dir_dirty_ = true;
 }
 
-bool Spool::IsAcked(const Record& r) const {
-  auto it = acked_.find(r.boot_id);
-  return it != acked_.end() && r.seq <= it->second;
+void Spool::Append(Segment& s, Record r) {
+  if (!s.records.empty() && s.records.front().boot_id != r.boot_id) s.mixed = true;
+  s.records.push_back(std::move(r));
 }
 
+uint64_t Spool::AckedSeq(const std::string& boot_id) const {
+  auto it = acked_.find(boot_id);
+  return it == acked_.end() ? 0 : it->second;
+}
+
+std::deque<Spool::Record>::const_iterator Spool::FirstAbove(const Segment& s, uint64_t seq) {
+  return std::partition_point(s.records.begin(), s.records.end(),
+                              [seq](const Record& r) { return r.seq <= seq; });
+}
+
+bool Spool::IsAcked(const Record& r) const { return r.seq <= AckedSeq(r.boot_id); }
+
 uint64_t Spool::PendingIn(const Segment& s) const {
+  if (s.records.empty()) return 0;
+  if (!s.mixed) {
+    return static_cast<uint64_t>(s.records.end() -
+                                 FirstAbove(s, AckedSeq(s.records.front().boot_id)));
+  }
   uint64_t n = 0;
   for (const Record& r : s.records) n += IsAcked(r) ? 0 : 1;
   return n;
@@ -534,9 +568,7 @@ uint64_t Spool::PendingIn(const Segment& s) const {
 void Spool::DeleteAckedSegments() {
   for (auto it = segments_.begin(); it != segments_.end();) {
     const bool active = active_ok_ && std::next(it) == segments_.end();
-    const bool done = std::all_of(it->records.begin(), it->records.end(),
-                                  [this](const Record& r) { return IsAcked(r); });
-    if (!active && done) {
+    if (!active && PendingIn(*it) == 0) {
       DropSegment(*it);
       it = segments_.erase(it);
     } else {
@@ -549,10 +581,17 @@ std::vector<v1::Frame> Spool::Collect(const std::string& boot_id, uint64_t after
                                       size_t max) const {
   std::vector<v1::Frame> out;
   std::string payload;
+  const uint64_t floor = std::max(after_seq, AckedSeq(boot_id));
   for (const Segment& s : segments_) {
-    for (const Record& r : s.records) {
+    auto it = s.records.begin();
+    if (!s.mixed) {
+      if (s.records.empty() || s.records.front().boot_id != boot_id) continue;
+      it = FirstAbove(s, floor);
+    }
+    for (; it != s.records.end(); ++it) {
+      const Record& r = *it;
       if (out.size() >= max) return out;
-      if (r.boot_id != boot_id || r.seq <= after_seq || IsAcked(r)) continue;
+      if (r.boot_id != boot_id || r.seq <= floor) continue;
       payload.resize(r.length);
       v1::Frame frame;
       if (s.fd < 0 || !PreadAll(s.fd, payload.data(), r.length, r.offset) ||
@@ -617,6 +656,10 @@ size_t Spool::PendingInBoot(const std::string& boot_id) const {
   absl::MutexLock lock(&mu_);
   size_t n = 0;
   for (const Segment& s : segments_) {
+    if (!s.mixed) {
+      if (!s.records.empty() && s.records.front().boot_id == boot_id) n += PendingIn(s);
+      continue;
+    }
     for (const Record& r : s.records) n += (r.boot_id == boot_id && !IsAcked(r)) ? 1 : 0;
   }
   return n;
@@ -673,7 +716,7 @@ std::string Spool::AckFileText() const {
   return text;
 }
 
-void Spool::Flush() {
+void Spool::Sync(bool all) {
   absl::MutexLock flush_lock(&flush_mu_);
   std::vector<int> fds;
   std::string ack_text;
@@ -688,10 +731,14 @@ void Spool::Flush() {
       if (dup >= 0) fds.push_back(dup);
     }
     unsynced = stats_.unsynced;
-    if (acks_dirty_) {
+    const bool acks_due = all || acks_urgent_ || !acks_written_.has_value() ||
+                          clock_->Now() - *acks_written_ >= options_.ack_interval;
+    if (acks_dirty_ && acks_due) {
       ack_text = AckFileText();
       write_acks = true;
       acks_dirty_ = false;
+      acks_urgent_ = false;
+      acks_written_ = clock_->Now();
     }
     sync_dir = dir_dirty_;
     dir_dirty_ = false;
@@ -723,7 +770,11 @@ void Spool::Flush() {
   }
   absl::MutexLock lock(&mu_);
   if (!acks_ok) acks_dirty_ = true;
+  if (write_acks && acks_ok) ++stats_.ack_writes;
   if (synced_ok && !fds.empty()) stats_.unsynced -= std::min(stats_.unsynced, unsynced);
+  // Frames appended while this sync ran, or a failed fsync, wait for the next one, due an
+  // interval from now (never a tight retry loop).
+  unsynced_since_ = stats_.unsynced > 0 ? std::optional<absl::Time>(clock_->Now()) : std::nullopt;
   if (!fds.empty() || write_acks || sync_dir) ++stats_.syncs;
 }
 

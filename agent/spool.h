@@ -12,10 +12,13 @@
 // u32 CRC32 of the payload, the serialized v1::Frame. Integers are little endian.
 //
 // Durability: records are written with write(2) at Push (so they survive an agent crash at once)
-// and fdatasync'ed in groups by a timer thread every `fsync_interval` (<= 500 ms) and at
-// shutdown, so a machine crash loses at most the last interval. The ack position is written
-// atomically (tmp + rename) by the same timer when acks advanced; losing it only causes a
-// resend, which the aggregator treats as a no-op.
+// and fdatasync'ed in groups by a background thread `fsync_interval` (<= 500 ms) after the first
+// unsynced append, and at shutdown, so a machine crash loses at most that interval. The thread
+// sleeps without a timer while nothing is unsynced. The ack position is written atomically
+// (tmp + rename) lazily: the first advance after open at the next group fsync, later ones at a
+// group fsync at least `ack_interval` after the previous write (an eviction count change at
+// once), and always by Flush() and at shutdown. A stale position only causes a resend, which the
+// aggregator treats as a no-op.
 //
 // Bound: when the segments exceed `max_bytes`, whole segments are evicted oldest first; their
 // unacknowledged frames are counted in evicted() (persisted across restarts) and logged.
@@ -38,6 +41,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,8 +64,10 @@ struct SpoolOptions {
   // A segment is closed and a new one started beyond this size. 0: max_bytes / 8, at least
   // 64 KiB (and never above max_bytes / 2), so eviction drops at most about an eighth.
   uint64_t segment_bytes = 0;
-  // Group fsync period; clamped to 1 ms..500 ms.
+  // Group fsync delay after the first unsynced append; clamped to 1 ms..500 ms.
   absl::Duration fsync_interval = absl::Milliseconds(200);
+  // Least time between two background writes of the ack file when only acks advanced.
+  absl::Duration ack_interval = absl::Seconds(30);
 };
 
 struct SpoolStats {
@@ -75,6 +81,7 @@ struct SpoolStats {
   uint64_t quarantined = 0;      // segments renamed to *.corrupt at open
   uint64_t ignored_files = 0;    // unrelated files found in the directory at open
   uint64_t syncs = 0;            // group fsyncs that wrote something
+  uint64_t ack_writes = 0;       // ack file writes since open
   uint64_t unsynced = 0;         // frames appended since the last fsync
   uint64_t write_errors = 0;     // failed appends (the frame is dropped and counted evicted)
   uint64_t rejected_pushes = 0;  // frames of another node/boot or with a seq not increasing
@@ -88,11 +95,11 @@ class Spool final : public FrameQueue {
   static constexpr uint32_t kMaxRecordBytes = 16 << 20;
   static constexpr absl::Duration kMaxFsyncInterval = absl::Milliseconds(500);
 
-  // Creates the directory if needed, scans it (see above) and starts the fsync timer on `clock`
-  // (which must outlive the spool). Errors only when the directory cannot be created, listed or
-  // written; damaged files never make Open fail.
+  // Creates the directory if needed, scans it (see above) and starts the group fsync thread,
+  // which waits on `clock` (which must outlive the spool). Errors only when the directory cannot be
+  // created, listed or written; damaged files never make Open fail.
   static absl::StatusOr<std::unique_ptr<Spool>> Open(SpoolOptions options, Clock* clock);
-  ~Spool() override;  // stops the timer, then Flush()
+  ~Spool() override;  // stops the fsync thread, then Flush()
   Spool(const Spool&) = delete;
   Spool& operator=(const Spool&) = delete;
 
@@ -114,8 +121,8 @@ class Spool final : public FrameQueue {
   // Unacknowledged frames of `boot_id`.
   size_t PendingInBoot(const std::string& boot_id) const;
 
-  // Makes every appended frame and the ack position durable now. The timer calls it; tests may.
-  void Flush();
+  // Makes every appended frame and the ack position durable now (also called at shutdown).
+  void Flush() { Sync(/*all=*/true); }
 
   SpoolStats stats() const;
   const std::string& dir() const { return options_.dir; }
@@ -132,7 +139,10 @@ class Spool final : public FrameQueue {
     std::string path;
     int fd = -1;
     uint64_t bytes = 0;
-    std::deque<Record> records;
+    std::deque<Record> records;  // per boot in increasing seq
+    // Records of more than one boot. A segment of one boot (every segment this run writes) has
+    // its records in increasing seq, so lookups in it are binary searches, not scans.
+    bool mixed = false;
   };
 
   Spool(SpoolOptions options, Clock* clock);
@@ -144,12 +154,20 @@ class Spool final : public FrameQueue {
   void EvictOverBound() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DeleteAckedSegments() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropSegment(Segment& segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void Append(Segment& s, Record r);
+  uint64_t AckedSeq(const std::string& boot_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The first record of a one-boot segment above `seq`.
+  static std::deque<Record>::const_iterator FirstAbove(const Segment& s, uint64_t seq);
   bool IsAcked(const Record& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t PendingIn(const Segment& s) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<v1::Frame> Collect(const std::string& boot_id, uint64_t after_seq, size_t max) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Ack(const std::string& boot_id, uint64_t seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string AckFileText() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Something the fsync thread must make durable within fsync_interval.
+  bool SyncDue() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Syncs data and the directory; writes the ack file when `all` or when it is due (see above).
+  void Sync(bool all);
   void TimerLoop();
 
   const SpoolOptions options_;
@@ -166,6 +184,10 @@ class Spool final : public FrameQueue {
   std::map<std::string, uint64_t> highest_ ABSL_GUARDED_BY(mu_);  // boot -> highest spooled
   std::vector<int> to_sync_ ABSL_GUARDED_BY(mu_);                 // dup'ed fds of sealed segments
   bool acks_dirty_ ABSL_GUARDED_BY(mu_) = false;
+  bool acks_urgent_ ABSL_GUARDED_BY(mu_) = false;                  // the eviction count changed
+  std::optional<absl::Time> acks_written_ ABSL_GUARDED_BY(mu_);    // last ack file write
+  std::optional<absl::Time> unsynced_since_ ABSL_GUARDED_BY(mu_);  // first unsynced append
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool dir_dirty_ ABSL_GUARDED_BY(mu_) = false;
   SpoolStats stats_ ABSL_GUARDED_BY(mu_);
 };

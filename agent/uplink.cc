@@ -33,6 +33,12 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const Upl
   // A fresh subchannel per attempt: a shared one may still sit in its own reconnect backoff
   // after the aggregator came back.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // The uplink retries streams itself (backoff, failover, resend from the spool); gRPC's own
+  // retries would only copy every frame into a per-call retry buffer.
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  // A few small messages per interval need no bandwidth probing: without it, reading an ack
+  // does not trigger a BDP ping (a write and a wake-up on both ends).
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
 }
 

@@ -104,6 +104,12 @@ LinuxHwCollector::File LinuxHwCollector::ReadFile(const std::string& path) {
   return f;
 }
 
+const LinuxHwCollector::File& LinuxHwCollector::ReadStatic(const std::string& path) {
+  auto it = static_files_.find(path);
+  if (it == static_files_.end()) it = static_files_.emplace(path, ReadFile(path)).first;
+  return it->second;
+}
+
 void LinuxHwCollector::Bad(const std::string& path, std::string_view what) {
   ++read_errors_;
   if (warned_.insert(path).second) {
@@ -119,6 +125,7 @@ LinuxHwCollector::LinuxHwCollector(std::string root) : root_(std::move(root)) {
 }
 
 HardwareReading LinuxHwCollector::Read() {
+  if (reads_++ % kStaticRefreshReads == 0) static_files_.clear();
   HardwareReading out;
   ReadRapl(&out);
   ReadCpuThermal(&out);
@@ -136,7 +143,7 @@ void LinuxHwCollector::ReadRapl(HardwareReading* out) {
     std::vector<absl::string_view> parts = absl::StrSplit(zone, ':');
     if (parts.size() != 2 && parts.size() != 3) continue;
     const std::string dir = absl::StrCat(base, "/", zone);
-    File name_file = ReadFile(dir + "/name");
+    const File& name_file = ReadStatic(dir + "/name");
     if (!name_file.text.has_value()) {
       continue;
     }
@@ -168,7 +175,7 @@ void LinuxHwCollector::ReadRapl(HardwareReading* out) {
       d.unavailable_reason =
           absl::StrCat("energy_uj: ", energy.error != 0 ? std::strerror(energy.error) : "missing");
     }
-    File range = ReadFile(dir + "/max_energy_range_uj");
+    const File& range = ReadStatic(dir + "/max_energy_range_uj");
     if (range.text.has_value()) {
       d.energy_max_range_uj = ParseNumber<uint64_t>(*range.text);
       if (!d.energy_max_range_uj.has_value()) Bad(dir + "/max_energy_range_uj", "not a number");
@@ -199,9 +206,9 @@ void LinuxHwCollector::ReadCpuThermal(HardwareReading* out) {
     thermal::CpuReading reading;
     reading.temperature_c = static_cast<double>(*milli) / 1000.0;
     for (int k = 0; k < 64; ++k) {
-      File type = ReadFile(absl::StrCat(dir, "/trip_point_", k, "_type"));
+      const File& type = ReadStatic(absl::StrCat(dir, "/trip_point_", k, "_type"));
       if (!type.text.has_value()) break;
-      File trip_temp = ReadFile(absl::StrCat(dir, "/trip_point_", k, "_temp"));
+      const File& trip_temp = ReadStatic(absl::StrCat(dir, "/trip_point_", k, "_temp"));
       absl::string_view type_name = absl::StripAsciiWhitespace(*type.text);
       std::optional<thermal::TripType> t =
           thermal::ParseTripType(std::string_view(type_name.data(), type_name.size()));
@@ -278,8 +285,8 @@ void LinuxHwCollector::ReadCpuFreq(HardwareReading* out) {
     }
     const std::string dir = absl::StrCat(cbase, "/", cpu);
     Cpu c;
-    auto khz = [&](const std::string& path) -> std::optional<double> {
-      File f = ReadFile(path);
+    auto khz = [&](const std::string& path, bool fixed) -> std::optional<double> {
+      const File& f = fixed ? ReadStatic(path) : ReadFile(path);
       if (!f.text.has_value()) return std::nullopt;
       std::optional<uint64_t> v = ParseNumber<uint64_t>(*f.text);
       if (!v.has_value() || *v == 0 || *v / 1000.0 > kMaxClockMhz) {
@@ -288,10 +295,10 @@ void LinuxHwCollector::ReadCpuFreq(HardwareReading* out) {
       }
       return static_cast<double>(*v) / 1000.0;
     };
-    c.cur_mhz = khz(dir + "/cpufreq/scaling_cur_freq");
-    c.max_mhz = khz(dir + "/cpufreq/cpuinfo_max_freq");
+    c.cur_mhz = khz(dir + "/cpufreq/scaling_cur_freq", /*fixed=*/false);
+    c.max_mhz = khz(dir + "/cpufreq/cpuinfo_max_freq", /*fixed=*/true);
     if (!c.cur_mhz.has_value() && !c.max_mhz.has_value()) continue;
-    File pkg = ReadFile(dir + "/topology/physical_package_id");
+    const File& pkg = ReadStatic(dir + "/topology/physical_package_id");
     if (pkg.text.has_value()) c.package = ParseNumber<int64_t>(*pkg.text);
     cpus.push_back(c);
   }
@@ -350,7 +357,7 @@ void LinuxHwCollector::ReadAmdGpus(HardwareReading* out) {
   const std::string hbase = absl::StrCat(root_, "/sys/class/hwmon");
   for (const std::string& hwmon : ListDir(hbase, "hwmon")) {
     const std::string dir = absl::StrCat(hbase, "/", hwmon);
-    File name = ReadFile(dir + "/name");
+    const File& name = ReadStatic(dir + "/name");
     if (!name.text.has_value() || absl::StripAsciiWhitespace(*name.text) != "amdgpu") continue;
     Gpu g;
     DeviceReading& d = g.d;
@@ -392,7 +399,7 @@ void LinuxHwCollector::ReadAmdGpus(HardwareReading* out) {
       }
       for (auto [suffix, limit] :
            {std::pair{"_crit", &sensor.crit_c}, std::pair{"_emergency", &sensor.emergency_c}}) {
-        File f = ReadFile(t + suffix);
+        const File& f = ReadStatic(t + suffix);
         if (!f.text.has_value()) continue;
         *limit = MilliCelsius(*f.text);
         if (!limit->has_value()) Bad(t + suffix, "not a temperature in millidegrees");
@@ -444,7 +451,7 @@ void LinuxHwCollector::ReadAmdGpus(HardwareReading* out) {
       }
       if (garbage) Bad(dev + "/pp_dpm_sclk", "unexpected line");
     }
-    File product = ReadFile(dev + "/product_name");
+    const File& product = ReadStatic(dev + "/product_name");
     std::string product_name =
         product.text.has_value() ? std::string(absl::StripAsciiWhitespace(*product.text)) : "";
     d.name = product_name.empty() ? absl::StrCat("AMD GPU ", g.slot) : product_name;

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -25,6 +26,10 @@ class LinuxHwCollector final : public HardwareCollector {
   explicit LinuxHwCollector(std::string root);
 
   HardwareReading Read() override;
+
+  // Files that do not change while the machine runs (names, energy ranges, trip points, maximum
+  // clocks, topology) are read again only every this many reads (5 min at the default 2 s).
+  static constexpr uint64_t kStaticRefreshReads = 150;
 
   // Files that existed but could not be read or parsed (permission, garbage), cumulative.
   uint64_t read_errors() const { return read_errors_.load(); }
@@ -43,12 +48,20 @@ class LinuxHwCollector final : public HardwareCollector {
     int error = 0;
   };
   File ReadFile(const std::string& path);
+  // A file that does not change while the machine runs (zone and sensor names, energy ranges,
+  // trip points, maximum clocks, topology, product names), or its absence: read once and again
+  // every kStaticRefreshReads reads, so a hot-plugged device or a retuned trip point is seen
+  // within minutes while a tick reads only what moves. The reference lives until the next
+  // refresh.
+  const File& ReadStatic(const std::string& path);
   // Counts a file that exists but cannot be used; warns once per path.
   void Bad(const std::string& path, std::string_view what);
 
   std::string root_;
   std::atomic<uint64_t> read_errors_{0};
   std::set<std::string> warned_;
+  std::map<std::string, File> static_files_;
+  uint64_t reads_ = 0;
 };
 
 }  // namespace fleetwes::agent

@@ -10,9 +10,11 @@
 # acknowledges every frame, and fleetwes-agent at a 2 s interval. In the same run
 # prometheus-node-exporter (Debian package; installed when missing) runs with its default
 # collectors and is scraped every 2 s. CPU time comes from /proc/PID/stat (utime + stime) over
-# the measured span, peak RSS from VmHWM. Ends with one JSON line:
+# the measured span, peak RSS from VmHWM, PSS and anonymous memory from smaps_rollup at the end,
+# wake-ups from the context switches of the agent's threads over the span. Ends with one JSON line:
 #   {"agent_cpu_pct":..,"agent_rss_mb":..,"node_exporter_cpu_pct":..,"node_exporter_rss_mb":..,
-#    "cpu_ratio":..}
+#    "cpu_ratio":..,"agent_pss_mb":..,"agent_anon_mb":..,"agent_wakeups_per_s":..,
+#    "agent_threads":..}
 # cpu_pct is the average share of one core; cpu_ratio = agent / node_exporter.
 set -Eeuo pipefail
 
@@ -124,8 +126,14 @@ first=1
 for kind in "${engine_kinds[@]}"; do
   rapl=()
   if [ $first -eq 1 ]; then rapl=(--rapl_root="$hw" --watts=95); first=0; fi
+  # Idle connections stay open 5 s, as llama-server and uvicorn (vLLM, SGLang) keep them, so the
+  # agent reuses its connection from one tick to the next as it does against real engines.
+  keep_alive=()
+  if "$bin/fleetwes-replay-engine" --help 2>&1 | grep -q keep_alive_s; then
+    keep_alive=(--keep_alive_s=5)
+  fi
   "$bin/fleetwes-replay-engine" --kind="$kind" --port_file="$work/$kind.port" \
-    --tokens_per_s=80 "${rapl[@]}" >"$work/$kind.log" 2>&1 &
+    --tokens_per_s=80 "${rapl[@]}" "${keep_alive[@]}" >"$work/$kind.log" 2>&1 &
   pids+=($!)
   wait_file "$work/$kind.port" 10
   engine_port[$kind]=$(cat "$work/$kind.port")
@@ -167,16 +175,26 @@ pids+=($!)
 say "warm-up ${warmup}s, then measuring ${duration}s"
 sleep "$warmup"
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Context switches (voluntary + involuntary) summed over the process's threads: each is a wake-up.
+ctx_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^(non)?voluntary_ctxt_switches:/ { n += $2 } END { print n + 0 }'
+}
 for p in $agent_pid $ne_pid; do
   kill -0 "$p" 2>/dev/null || die "process $p exited early; see $work/*.log"
 done
 a0=$(cpu_ticks $agent_pid)
 n0=$(cpu_ticks $ne_pid)
+w0=$(ctx_switches $agent_pid)
 t0=$(date +%s.%N)
 sleep "$duration"
 a1=$(cpu_ticks $agent_pid)
 n1=$(cpu_ticks $ne_pid)
+w1=$(ctx_switches $agent_pid)
 t1=$(date +%s.%N)
+agent_pss=$(awk '/^Pss:/ { print $2 }' "/proc/$agent_pid/smaps_rollup")
+agent_anon=$(awk '/^Anonymous:/ { print $2 }' "/proc/$agent_pid/smaps_rollup")
+agent_threads=$(ls "/proc/$agent_pid/task" | wc -l)
 agent_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$agent_pid/status")
 ne_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$ne_pid/status")
 hz=$(getconf CLK_TCK)
@@ -189,12 +207,13 @@ say "frames acknowledged by the sink: ${acked:-0}"
 [ "${acked:-0}" -gt 0 ] || die "the agent delivered no frames; see $work/agent.log"
 
 python3 - "$a0" "$a1" "$n0" "$n1" "$t0" "$t1" "$hz" "$agent_hwm" "$ne_hwm" "${#engine_kinds[@]}" \
-  "$gpus" <<'EOF'
+  "$gpus" "$w0" "$w1" "$agent_pss" "$agent_anon" "$agent_threads" <<'EOF'
 import json, sys
 a0, a1, n0, n1 = (int(x) for x in sys.argv[1:5])
 t0, t1 = float(sys.argv[5]), float(sys.argv[6])
 hz = int(sys.argv[7])
 agent_kb, ne_kb = int(sys.argv[8]), int(sys.argv[9])
+w0, w1, pss_kb, anon_kb, threads = (int(x) for x in sys.argv[12:17])
 span = t1 - t0
 agent_s = (a1 - a0) / hz
 ne_s = (n1 - n0) / hz
@@ -203,6 +222,8 @@ ne_pct = 100.0 * ne_s / span
 print(f"span {span:.1f} s, {sys.argv[10]} engines, {sys.argv[11]} GPUs", file=sys.stderr)
 print(f"fleetwes-agent:           {agent_s:.2f} CPU s, {agent_pct:.3f} % of one core, "
       f"peak RSS {agent_kb / 1024:.1f} MB", file=sys.stderr)
+print(f"                          PSS {pss_kb / 1024:.1f} MB, anonymous {anon_kb / 1024:.1f} MB, "
+      f"{threads} threads, {(w1 - w0) / span:.1f} wake-ups/s", file=sys.stderr)
 print(f"prometheus-node-exporter: {ne_s:.2f} CPU s, {ne_pct:.3f} % of one core, "
       f"peak RSS {ne_kb / 1024:.1f} MB", file=sys.stderr)
 print(json.dumps({
@@ -211,5 +232,9 @@ print(json.dumps({
     "node_exporter_cpu_pct": round(ne_pct, 4),
     "node_exporter_rss_mb": round(ne_kb / 1024, 2),
     "cpu_ratio": round(agent_pct / ne_pct, 4) if ne_pct > 0 else None,
+    "agent_pss_mb": round(pss_kb / 1024, 2),
+    "agent_anon_mb": round(anon_kb / 1024, 2),
+    "agent_wakeups_per_s": round((w1 - w0) / span, 2),
+    "agent_threads": threads,
 }))
 EOF

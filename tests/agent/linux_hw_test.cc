@@ -197,6 +197,25 @@ TEST(LinuxHwTest, ThermalTripsGiveStates) {
   EXPECT_EQ(StateAt(101'000), v1::THERMAL_STATE_CRITICAL);  // critical − 5 °C
 }
 
+// Trip points (like names, energy ranges and maximum clocks) are not re-read every tick: a
+// change is seen at the next refresh, kStaticRefreshReads reads later.
+TEST(LinuxHwTest, StaticFilesAreReadAgainOnlyAtTheRefresh) {
+  FakeRoot root;
+  WriteRapl(root, 0, 0);
+  WriteZone(root, 96'000);  // passive trip (95 °C) crossed
+  LinuxHwCollector hw(root.path());
+  auto state = [&hw] {
+    HardwareWindow w = ComputeHardwareWindow(nullptr, hw.Read(), absl::Seconds(1));
+    const v1::Device* pkg = FindDevice(w, "package-0");
+    return pkg != nullptr ? pkg->thermal_state() : v1::THERMAL_STATE_UNSPECIFIED;
+  };
+  EXPECT_EQ(state(), v1::THERMAL_STATE_SERIOUS);
+  root.Write("sys/class/thermal/thermal_zone0/trip_point_0_temp", "99000\n");
+  EXPECT_EQ(state(), v1::THERMAL_STATE_SERIOUS);  // the cached trip point
+  for (uint64_t i = 2; i < LinuxHwCollector::kStaticRefreshReads; ++i) hw.Read();
+  EXPECT_EQ(state(), v1::THERMAL_STATE_FAIR);  // refreshed: within 5 °C of the new trip
+}
+
 TEST(LinuxHwTest, ThrottleCountersIncreasingIsSerious) {
   FakeRoot root;
   WriteRapl(root, 0, 0);

@@ -95,6 +95,7 @@ class LocalHttpTest : public ::testing::Test {
       e.set_unavailable_reason("GET /metrics: connection refused");
       return std::vector<v1::EngineStatus>{e};
     };
+    s.ollama_proxies = [this] { return proxies_; };
     http_ = std::make_unique<LocalHttp>(o, s, &clock_);
     ASSERT_TRUE(http_->Start().ok());
     ASSERT_GT(http_->port(), 0);
@@ -102,8 +103,26 @@ class LocalHttpTest : public ::testing::Test {
     client_->set_read_timeout(5, 0);
   }
 
+  // What the agent's Ollama proxies report; none unless a test sets them.
+  void SetProxy() {
+    OllamaProxyStats p;
+    p.requests = 12;
+    p.upstream_unreachable = 2;
+    p.upstream_cut = 1;
+    p.upstream_errors = 3;
+    p.client_aborts = 4;
+    p.meter_errors = 5;
+    p.rejected_too_large = 6;
+    p.in_flight = 7;
+    p.request_bytes = 1000;
+    p.response_bytes = 250000;
+    p.queued_bytes = 8192;
+    proxies_ = {{"ollama-a", p}};
+  }
+
   FakeClock clock_;
   UplinkStats uplink_;
+  std::vector<OllamaProxyRegistry::Entry> proxies_;
   std::unique_ptr<LocalHttp> http_;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -214,8 +233,40 @@ TEST_F(LocalHttpTest, MetricsHaveOwnCountersAndTheLastFrame) {
   EXPECT_THAT(r->body, HasSubstr("fleetwes_agent_last_frame_seq 2\n"));
 }
 
+TEST_F(LocalHttpTest, MetricsHaveTheOllamaProxyCounters) {
+  auto r = client_->Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_THAT(r->body, Not(HasSubstr("fleetwes_agent_ollama_proxy_")));  // no proxy: no family
+
+  SetProxy();
+  r = client_->Get("/metrics");
+  ASSERT_TRUE(r);
+  for (const char* line : {
+           "# TYPE fleetwes_agent_ollama_proxy_requests_total counter",
+           "fleetwes_agent_ollama_proxy_requests_total{engine=\"ollama-a\"} 12",
+           "# TYPE fleetwes_agent_ollama_proxy_requests_in_flight gauge",
+           "fleetwes_agent_ollama_proxy_requests_in_flight{engine=\"ollama-a\"} 7",
+           "fleetwes_agent_ollama_proxy_rejected_too_large_total{engine=\"ollama-a\"} 6",
+           "fleetwes_agent_ollama_proxy_upstream_failures_total{engine=\"ollama-a\","
+           "stage=\"before_response\"} 2",
+           "fleetwes_agent_ollama_proxy_upstream_failures_total{engine=\"ollama-a\","
+           "stage=\"during_response\"} 1",
+           "fleetwes_agent_ollama_proxy_errors_total{engine=\"ollama-a\",kind=\"client_abort\"} 4",
+           "fleetwes_agent_ollama_proxy_errors_total{engine=\"ollama-a\","
+           "kind=\"bad_response_line\"} 5",
+           "fleetwes_agent_ollama_proxy_bytes_total{engine=\"ollama-a\",direction=\"request\"} "
+           "1000",
+           "fleetwes_agent_ollama_proxy_bytes_total{engine=\"ollama-a\",direction=\"response\"} "
+           "250000",
+           "fleetwes_agent_ollama_proxy_queued_bytes{engine=\"ollama-a\"} 8192",
+       }) {
+    EXPECT_THAT(r->body, HasSubstr(absl::StrCat(line, "\n"))) << line;
+  }
+}
+
 // `promtool check metrics` has nothing to say about the agent's exposition.
 TEST_F(LocalHttpTest, MetricsPassPromtoolLint) {
+  SetProxy();
   http_->PublishFrame(MakeFrame(1, true));
   auto r = client_->Get("/metrics");
   ASSERT_TRUE(r);

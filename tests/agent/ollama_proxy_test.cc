@@ -142,6 +142,8 @@ TEST_F(OllamaProxyTest, StreamsByteForByteChunkByChunkAndMeters) {
             R"({"model":"dolphin3:8b","prompt":"Describe a rabbit in 3 words"})");
   ASSERT_TRUE(Eventually([&] { return upstream_.hits("/api/generate") == 1; }));
   EXPECT_EQ(proxy_->traffic().in_flight(), 1u);
+  EXPECT_EQ(proxy_->stats().in_flight, 1u);
+  EXPECT_EQ(proxy_->stats().request_bytes, 63u);
   EXPECT_EQ(proxy_->traffic().Snapshot()["dolphin3:8b"].running, 1u);
 
   // The first chunk reaches the client while the engine is still generating.
@@ -177,6 +179,9 @@ TEST_F(OllamaProxyTest, StreamsByteForByteChunkByChunkAndMeters) {
   EXPECT_EQ(proxy_->stats().requests, 1u);
   EXPECT_EQ(proxy_->stats().upstream_errors, 0u);
   EXPECT_EQ(proxy_->stats().queued_bytes, 0u);
+  ASSERT_TRUE(Eventually([&] { return proxy_->stats().response_bytes == warm.size(); }));
+  EXPECT_EQ(proxy_->stats().client_aborts, 0u);
+  ASSERT_TRUE(Eventually([&] { return proxy_->stats().in_flight == 0; }));
 }
 
 TEST_F(OllamaProxyTest, ChatNonStreamAndOtherPathsPassThrough) {
@@ -230,6 +235,10 @@ TEST_F(OllamaProxyTest, UpstreamDownIs502AndLargeBodiesAre413) {
   EXPECT_EQ(call.status(), 502);
   EXPECT_THAT(call.body(), HasSubstr(R"({"error":"fleetwes proxy: upstream )"));
   EXPECT_EQ(proxy_->stats().upstream_errors, 1u);
+  EXPECT_EQ(proxy_->stats().upstream_unreachable, 1u);
+  EXPECT_EQ(proxy_->stats().upstream_cut, 0u);
+  EXPECT_EQ(proxy_->stats().request_bytes, 26u);
+  EXPECT_EQ(proxy_->stats().rejected_too_large, 0u);
   EXPECT_EQ(proxy_->traffic().failed(), 1u);
   EXPECT_EQ(proxy_->traffic().in_flight(), 0u);
 
@@ -237,6 +246,27 @@ TEST_F(OllamaProxyTest, UpstreamDownIs502AndLargeBodiesAre413) {
   big.Join();
   EXPECT_EQ(big.status(), 413);
   EXPECT_EQ(proxy_->stats().requests, 1u);
+  EXPECT_EQ(proxy_->stats().rejected_too_large, 1u);
+  EXPECT_EQ(proxy_->stats().request_bytes, 26u);  // the rejected body is not forwarded
+  ASSERT_TRUE(Eventually([&] { return proxy_->stats().in_flight == 0; }));
+}
+
+TEST_F(OllamaProxyTest, RegistryReportsLiveProxiesOnly) {
+  OllamaSimOptions sim;
+  StartUpstream(sim);
+  StartProxy();
+  Call call(proxy_->port(), "GET", "/api/version", "");
+  call.Join();
+  EXPECT_EQ(call.status(), 200);
+  std::shared_ptr<OllamaProxy> shared = std::move(proxy_);
+  OllamaProxyRegistry registry;
+  registry.Add("ollama-a", shared);
+  std::vector<OllamaProxyRegistry::Entry> stats = registry.Stats();
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_EQ(stats[0].engine, "ollama-a");
+  EXPECT_EQ(stats[0].stats.requests, 1u);
+  shared.reset();
+  EXPECT_TRUE(registry.Stats().empty());
 }
 
 TEST_F(OllamaProxyTest, SlowClientBackPressuresUpstreamWithABoundedQueue) {

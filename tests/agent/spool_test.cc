@@ -190,24 +190,32 @@ TEST_F(SpoolTest, AckPositionSurvivesSeveralRestarts) {
   EXPECT_EQ(spool->stats().replayed, 3u);
 }
 
-TEST_F(SpoolTest, FsyncTimerRunsOnTheInjectedClock) {
-  auto spool = Open("b1");
-  // Wait for the timer to park on the fake clock (bounded in real time).
+// Polls `done` for up to 10 s of real time (the spool's thread runs on its own).
+template <typename F>
+bool Eventually(F done) {
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (clock_.waiters() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
-  ASSERT_GT(clock_.waiters(), 0);
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+TEST_F(SpoolTest, GroupFsyncRunsOnTheInjectedClockOnlyWhileFramesAreUnsynced) {
+  auto spool = Open("b1");
   const uint64_t syncs = spool->stats().syncs;
   spool->Push(MakeFrame("b1", 1));
   spool->Push(MakeFrame("b1", 2));
   EXPECT_EQ(spool->stats().unsynced, 2u);
+  // The fsync is due fsync_interval (200 ms) after the first unsynced append.
+  ASSERT_TRUE(Eventually([&] { return clock_.waiters() > 0; }));
   clock_.Advance(absl::Milliseconds(100));  // not yet due
   EXPECT_EQ(spool->stats().unsynced, 2u);
   clock_.Advance(absl::Milliseconds(100));
-  while (spool->stats().unsynced != 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  EXPECT_EQ(spool->stats().unsynced, 0u);
+  ASSERT_TRUE(Eventually([&] { return spool->stats().unsynced == 0; }));
   EXPECT_GT(spool->stats().syncs, syncs);
+  // Nothing left to sync: the thread stops waiting on the clock (no periodic timer when idle).
+  EXPECT_TRUE(Eventually([&] { return clock_.waiters() == 0; }));
 }
 
 TEST_F(SpoolTest, FsyncIntervalIsClampedTo500ms) {
@@ -218,14 +226,41 @@ TEST_F(SpoolTest, FsyncIntervalIsClampedTo500ms) {
   o.fsync_interval = absl::Seconds(30);
   auto spool = Spool::Open(o, &clock_);
   ASSERT_TRUE(spool.ok());
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (clock_.waiters() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
   (*spool)->Push(MakeFrame("b1", 1));
   clock_.Advance(absl::Milliseconds(500));
-  while ((*spool)->stats().unsynced != 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  EXPECT_EQ((*spool)->stats().unsynced, 0u);
+  EXPECT_TRUE(Eventually([&] { return (*spool)->stats().unsynced == 0; }));
+}
+
+// The ack position is written lazily: the first ack after open at the next group fsync, later
+// ones no more often than ack_interval (a stale position only causes resends), and at once by
+// Flush().
+TEST_F(SpoolTest, AckFileIsWrittenLazily) {
+  const fs::path acks = fs::path(spool_dir()) / "acks";
+  auto spool = Open("b1");
+  spool->Push(MakeFrame("b1", 1));
+  spool->Push(MakeFrame("b1", 2));
+  spool->AckUpTo(1);
+  clock_.Advance(absl::Milliseconds(200));
+  ASSERT_TRUE(Eventually([&] { return spool->stats().ack_writes == 1; }));
+  EXPECT_NE(ReadFile(acks).find("ack b1 1\n"), std::string::npos) << ReadFile(acks);
+
+  spool->AckUpTo(2);
+  spool->Push(MakeFrame("b1", 3));
+  clock_.Advance(absl::Milliseconds(200));
+  ASSERT_TRUE(Eventually([&] { return spool->stats().unsynced == 0; }));
+  EXPECT_EQ(spool->stats().ack_writes, 1u);  // within ack_interval: the file stays behind
+  EXPECT_NE(ReadFile(acks).find("ack b1 1\n"), std::string::npos) << ReadFile(acks);
+
+  clock_.Advance(absl::Seconds(30));
+  spool->Push(MakeFrame("b1", 4));
+  clock_.Advance(absl::Milliseconds(200));
+  ASSERT_TRUE(Eventually([&] { return spool->stats().ack_writes == 2; }));
+  EXPECT_NE(ReadFile(acks).find("ack b1 2\n"), std::string::npos) << ReadFile(acks);
+
+  spool->AckUpTo(3);
+  spool->Flush();
+  EXPECT_EQ(spool->stats().ack_writes, 3u);
+  EXPECT_NE(ReadFile(acks).find("ack b1 3\n"), std::string::npos) << ReadFile(acks);
 }
 
 TEST_F(SpoolTest, EvictsOldestSegmentsWhenOverTheBoundAndPersistsTheCount) {

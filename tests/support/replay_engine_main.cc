@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -38,6 +39,8 @@ ABSL_FLAG(std::string, rapl_root, "",
           "If set, maintain DIR/sys/class/powercap/intel-rapl:0 with an energy counter "
           "advancing at --watts, updated every 100 ms.");
 ABSL_FLAG(double, watts, 50, "Power of the fake RAPL package zone.");
+ABSL_FLAG(int, keep_alive_s, 1,
+          "Seconds an idle keep-alive connection stays open (llama-server and uvicorn: 5).");
 
 namespace {
 
@@ -84,6 +87,7 @@ int main(int argc, char** argv) {
   }
 
   fleetwes::testing::ReplayServer server;
+  server.set_keep_alive_timeout_s(std::clamp(absl::GetFlag(FLAGS_keep_alive_s), 1, 3600));
   fleetwes::testing::LlamaCppSimOptions sim;
   sim.tokens_per_s = tps;
   sim.prompt_tokens_per_s = absl::GetFlag(FLAGS_prompt_tokens_per_s);

@@ -70,8 +70,8 @@ absl::Status ReplayServer::Start(int port) {
   if (server_ != nullptr) return absl::FailedPreconditionError("already started");
   server_ = std::make_unique<httplib::Server>();
   server_->set_tcp_nodelay(true);
-  // Stop() waits for idle keep-alive connections; keep that wait short.
-  server_->set_keep_alive_timeout(1);
+  // Stop() waits for idle keep-alive connections; the default keeps that wait short.
+  server_->set_keep_alive_timeout(keep_alive_s_);
   server_->Get(".*", [this](const httplib::Request& req, httplib::Response& res) {
     ReplayResponse r = Handle(req.path);
     res.status = r.status;

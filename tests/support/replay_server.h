@@ -103,6 +103,9 @@ class ReplayServer {
 
   // Binds 127.0.0.1:`port` (0: any free port) and serves on a background thread.
   absl::Status Start(int port = 0);
+  // How long an idle keep-alive connection stays open; before Start(). Default 1 s, so that
+  // Stop() (which waits for idle connections) is quick; real engines keep them 5 s or more.
+  void set_keep_alive_timeout_s(int seconds) { keep_alive_s_ = seconds; }
   // Releases hung requests, stops serving and joins.
   void Stop();
   int port() const { return port_; }
@@ -167,6 +170,7 @@ class ReplayServer {
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
+  int keep_alive_s_ = 1;
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
