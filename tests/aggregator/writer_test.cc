@@ -149,6 +149,25 @@ TEST_F(WriterTest, ARefusedFrameFailsAloneAndTheRestCommit) {
   EXPECT_EQ(outcomes_.Get(3).first, Writer::Outcome::kCommitted);
 }
 
+TEST_F(WriterTest, ARefusedFrameIsIsolatedByBisection) {
+  Writer w(&store_, RealClock(), &metrics_, Options());
+  store_.RefuseNode("poison");
+  // Queued before the thread starts: one batch of 8 with the refused frame at seq 6.
+  for (uint64_t seq = 1; seq <= 8; ++seq) {
+    ASSERT_EQ(Submit(w, seq == 6 ? "poison" : "good", seq), Writer::SubmitResult::kAccepted);
+  }
+  w.Start();
+  outcomes_.Await(8);
+  for (uint64_t seq = 1; seq <= 8; ++seq) {
+    EXPECT_EQ(outcomes_.Get(seq).first,
+              seq == 6 ? Writer::Outcome::kFailed : Writer::Outcome::kCommitted)
+        << seq;
+  }
+  // 8 refused; 1-4 committed; 5-8 refused; 5-6 refused; 5 committed; 6 refused alone; 7-8
+  // committed: 7 transactions where writing one by one would take 9.
+  EXPECT_EQ(store_.attempts(), 7);
+}
+
 TEST_F(WriterTest, AFullQueueCallsBackWhenThereIsRoom) {
   WriterOptions o = Options();
   o.queue_frames = 2;
