@@ -25,8 +25,18 @@ namespace fleetwes::aggregator {
 
 class PgBatchStore : public BatchStore {
  public:
+  // How frame rows reach `frames`.
+  enum class Mode {
+    // SELECT the batch's keys already stored, then COPY the others straight into `frames`; a
+    // unique violation (another writer raced) retries the batch kStaged.
+    kDirect,
+    // COPY into a temporary staging table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+    kStaged,
+  };
+
   // `clock` (may be null: no retention cut-off) must outlive the store.
-  explicit PgBatchStore(std::string url, RetentionConfig retention = {}, Clock* clock = nullptr);
+  explicit PgBatchStore(std::string url, RetentionConfig retention = {}, Clock* clock = nullptr,
+                        Mode mode = Mode::kDirect);
   ~PgBatchStore() override;
 
   absl::StatusOr<std::vector<bool>> WriteBatch(
@@ -35,13 +45,15 @@ class PgBatchStore : public BatchStore {
  private:
   absl::Status EnsureConnected();
   absl::StatusOr<std::vector<bool>> WriteOnce(absl::Span<const NodeRecord> nodes,
-                                              absl::Span<const FrameRecord* const> frames);
+                                              absl::Span<const FrameRecord* const> frames,
+                                              Mode mode);
   // Creates the missing day partitions of `table` for `days` (cached once seen).
   absl::Status EnsurePartitions(absl::string_view table, const std::set<absl::CivilDay>& days);
 
   std::string url_;
   const RetentionConfig retention_;
   Clock* const clock_;
+  const Mode mode_;
   // (table, day) partitions known to exist; cleared after a failed batch.
   std::set<std::pair<std::string, absl::CivilDay>> known_partitions_;
   std::unique_ptr<pqxx::connection> conn_;

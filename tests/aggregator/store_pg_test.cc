@@ -164,6 +164,39 @@ TEST_F(StorePgTest, WritesABatchAndDeduplicatesReplays) {
   EXPECT_TRUE(model[3].is_null());
 }
 
+TEST_F(StorePgTest, DirectAndStagedCopiesSkipTheSameReplaysAcrossDays) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore direct(db().url(), {}, nullptr, PgBatchStore::Mode::kDirect);
+  PgBatchStore staged(db().url(), {}, nullptr, PgBatchStore::Mode::kStaged);
+  // Windows on both sides of midnight: two day partitions in one batch.
+  std::vector<FrameRecord> records;
+  for (uint64_t seq = 1; seq <= 4; ++seq) {
+    records.push_back(
+        Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(4 * seq - 10))));
+  }
+  auto ptrs = [&](std::initializer_list<size_t> idx) {
+    std::vector<const FrameRecord*> out;
+    for (size_t i : idx) out.push_back(&records[i]);
+    return out;
+  };
+  absl::StatusOr<std::vector<bool>> r = staged.WriteBatch({}, ptrs({0, 2}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{true, true}));
+  r = direct.WriteBatch({}, ptrs({0, 1, 2, 3, 1}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{false, true, false, true, false}));
+  r = staged.WriteBatch({}, ptrs({3, 1}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{false, false}));
+  r = direct.WriteBatch({}, ptrs({0, 1, 2, 3}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{false, false, false, false}));
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 4);
+  EXPECT_EQ(Count(*conn_, "SELECT count(DISTINCT tableoid) FROM frames"), 2);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM model_samples"), 4);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM device_samples"), 4);
+}
+
 TEST_F(StorePgTest, CopyKeepsEveryCharacterOfTextAndNulls) {
   ASSERT_TRUE(ApplyMigrations(*conn_).ok());
   PgBatchStore store(db().url());
