@@ -197,6 +197,27 @@ TEST_F(StorePgTest, DirectAndStagedCopiesSkipTheSameReplaysAcrossDays) {
   EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM device_samples"), 4);
 }
 
+TEST_F(StorePgTest, LastSeenAdvancesInStepsWhileFramesArrive) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  auto last_seen = [&] {
+    return Count(*conn_, "SELECT extract(epoch FROM last_seen)::bigint FROM nodes");
+  };
+  for (uint64_t seq = 1; seq <= 4; ++seq) {
+    FrameRecord r = Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(2 * seq)));
+    r.received_at = T0() + absl::Seconds(2 * seq);
+    const FrameRecord* ptr = &r;
+    ASSERT_TRUE(store.WriteBatch({}, {&ptr, 1}).ok());
+    // Written at seq 1 (T0+2s), then again once 5 s have passed (seq 4, T0+8s).
+    EXPECT_EQ(last_seen(), absl::ToUnixSeconds(T0()) + (seq < 4 ? 2 : 8)) << seq;
+  }
+  // A Hello always writes it.
+  NodeRecord node = Node("studio-01");
+  node.seen_at = T0() + absl::Seconds(9);
+  ASSERT_TRUE(store.WriteBatch({&node, 1}, {}).ok());
+  EXPECT_EQ(last_seen(), absl::ToUnixSeconds(T0()) + 9);
+}
+
 TEST_F(StorePgTest, CopyKeepsEveryCharacterOfTextAndNulls) {
   ASSERT_TRUE(ApplyMigrations(*conn_).ok());
   PgBatchStore store(db().url());
