@@ -176,8 +176,12 @@ print(f"acknowledged: {load['frames_acked']} of {load['frames_sent']} sent, "
       f"rejected {load['frames_rejected']}, resent {load['frames_resent']}", file=out)
 print(f"persisted over the measured {span:.1f} s: {frames_per_s:.0f} frames/s, "
       f"{rows_per_s:.0f} rows/s (frames + model and device samples)", file=out)
+# CPU per persisted frame: steadier than rates on a machine shared with other work.
+agg_us = 1e6 * (a1 - a0) / hz / (f1 - f0) if f1 > f0 else 0.0
+pg_us = 1e6 * (p1 - p0) / hz / (f1 - f0) if f1 > f0 else 0.0
 print(f"CPU (share of one core): aggregator {agg_pct:.0f} %, PostgreSQL {pg_pct:.0f} %, "
-      f"load generator {load_pct:.0f} %", file=out)
+      f"load generator {load_pct:.0f} %; per persisted frame: aggregator {agg_us:.0f} us, "
+      f"PostgreSQL {pg_us:.0f} us", file=out)
 print(f"ceiling: {rows_total} rows by psql \\copy in {c1 - c0:.2f} s = {ceiling:.0f} rows/s", file=out)
 print(json.dumps({
     "frames_per_s": round(frames_per_s, 1),
@@ -191,5 +195,7 @@ print(json.dumps({
     "aggregator_cpu_pct": round(agg_pct, 1),
     "postgres_cpu_pct": round(pg_pct, 1),
     "loadgen_cpu_pct": round(load_pct, 1),
+    "aggregator_cpu_us_per_frame": round(agg_us, 1),
+    "postgres_cpu_us_per_frame": round(pg_us, 1),
 }))
 EOF
