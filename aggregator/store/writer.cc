@@ -237,13 +237,27 @@ void Writer::Complete(Item& item, Outcome outcome, const absl::Status& status) {
 }
 
 void Writer::RunReadyCallbacks() {
-  std::vector<ReadyCallback> ready;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!stopping_ && queue_.size() >= options_.queue_frames) return;
-    ready.swap(ready_);
+  // Wake only as many waiting streams as there is room for (each parks one item): waking all of
+  // them after every batch made thousands of streams retry and park again under overload. The
+  // woken ones submit from within their callback, so repeat while room and waiters remain.
+  while (true) {
+    std::vector<ReadyCallback> ready;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ready_.empty()) return;
+      size_t n = ready_.size();
+      if (!stopping_) {
+        if (queue_.size() >= options_.queue_frames) return;
+        n = std::min(n, options_.queue_frames - queue_.size());
+      }
+      ready.reserve(n);
+      for (size_t i = 0; i < n; ++i) {
+        ready.push_back(std::move(ready_.front()));
+        ready_.pop_front();
+      }
+    }
+    for (ReadyCallback& cb : ready) std::move(cb)();
   }
-  for (ReadyCallback& cb : ready) std::move(cb)();
 }
 
 }  // namespace fleetwes::aggregator

@@ -102,7 +102,7 @@ class Writer {
 
   mutable absl::Mutex mu_;
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
-  std::vector<ReadyCallback> ready_ ABSL_GUARDED_BY(mu_);
+  std::deque<ReadyCallback> ready_ ABSL_GUARDED_BY(mu_);  // oldest first
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();

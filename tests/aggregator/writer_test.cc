@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -192,6 +193,38 @@ TEST_F(WriterTest, AFullQueueCallsBackWhenThereIsRoom) {
   ready.WaitForNotification();
   ASSERT_EQ(w.TrySubmitFrame(r, cb, [] {}), Writer::SubmitResult::kAccepted);
   outcomes_.Await(5);
+}
+
+TEST_F(WriterTest, OnlyAsManyWaitingStreamsAreWokenAsThereIsRoom) {
+  WriterOptions o = Options();
+  o.queue_frames = 2;
+  o.max_batch_frames = 2;
+  Writer w(&store_, RealClock(), &metrics_, o);
+  ASSERT_EQ(Submit(w, "n1", 1), Writer::SubmitResult::kAccepted);
+  ASSERT_EQ(Submit(w, "n1", 2), Writer::SubmitResult::kAccepted);
+  // Three streams wait; each submits its frame when woken (on the writer thread).
+  std::atomic<int> woken{0};
+  std::atomic<int> parked_again{0};
+  for (uint64_t seq = 3; seq <= 5; ++seq) {
+    ASSERT_EQ(Submit(w, "n1", seq,
+                     [this, &w, &woken, &parked_again, seq] {
+                       ++woken;
+                       if (Submit(w, "n1", seq, [&parked_again] { ++parked_again; }) ==
+                           Writer::SubmitResult::kQueueFull) {
+                         ++parked_again;
+                       }
+                     }),
+              Writer::SubmitResult::kQueueFull);
+  }
+  store_.Hold();
+  w.Start();
+  // Taking seqs 1-2 made room for two: two streams are woken and fill it; the third waits.
+  store_.AwaitAttempts(1);
+  EXPECT_EQ(woken.load(), 2);
+  EXPECT_EQ(parked_again.load(), 0);
+  store_.Release();
+  outcomes_.Await(5);
+  EXPECT_EQ(woken.load(), 3);
 }
 
 TEST_F(WriterTest, StopFlushesWhatIsQueued) {
