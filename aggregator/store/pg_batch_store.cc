@@ -22,8 +22,8 @@ namespace fleetwes::aggregator {
 
 namespace {
 
-// Rows per INSERT statement (nodes): large enough to amortise round trips, small enough to keep
-// each statement's text a few megabytes at most.
+// Rows per INSERT statement (nodes) and keys per stored-keys lookup: large enough to amortise
+// round trips, small enough to keep each statement's text a few megabytes at most.
 constexpr size_t kChildRowsPerStatement = 1000;
 
 using FrameKey = std::tuple<std::string, std::string, int64_t>;
@@ -230,20 +230,20 @@ constexpr absl::string_view kDrainStage =
     "INSERT INTO frames SELECT * FROM fleetwes_stage_frames "
     "ON CONFLICT (node_id, boot_id, seq, window_end) DO NOTHING RETURNING node_id, boot_id, seq";
 
-// The keys among frames[offered] already in `frames`: (node_id, boot_id, seq) rows. The window
-// bounds of the batch let PostgreSQL look only at the partitions of those days.
+// The keys among frames[offered[begin..end)] already in `frames`: (node_id, boot_id, seq) rows.
+// The window bounds of those frames let PostgreSQL look only at the partitions of their days.
 std::string StoredKeysQuery(pqxx::work& tx, absl::Span<const FrameRecord* const> frames,
-                            const std::vector<size_t>& offered) {
+                            const std::vector<size_t>& offered, size_t begin, size_t end_index) {
   absl::Time lo = absl::InfiniteFuture();
   absl::Time hi = absl::InfinitePast();
   std::string q = "SELECT f.node_id, f.boot_id, f.seq FROM frames f JOIN (VALUES ";
-  for (size_t k = 0; k < offered.size(); ++k) {
+  for (size_t k = begin; k < end_index; ++k) {
     const v1::Frame& f = *frames[offered[k]]->frame;
     const absl::Time end = FromProtoTime(f.window_end());
     lo = std::min(lo, end);
     hi = std::max(hi, end);
-    absl::StrAppend(&q, k == 0 ? "(" : ",(", tx.quote(f.node_id()), ",", tx.quote(f.boot_id()), ",",
-                    static_cast<int64_t>(f.seq()), "::bigint,", sql::Time(end), ")");
+    absl::StrAppend(&q, k == begin ? "(" : ",(", tx.quote(f.node_id()), ",", tx.quote(f.boot_id()),
+                    ",", static_cast<int64_t>(f.seq()), "::bigint,", sql::Time(end), ")");
   }
   absl::StrAppend(&q,
                   ") AS k (node_id, boot_id, seq, window_end) "
@@ -372,9 +372,12 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
         }
       } else {
         // Which keys are stored already (replays); the others are COPYed straight into frames.
-        for (const pqxx::row& row : tx.exec(StoredKeysQuery(tx, frames, offered))) {
-          first.erase(
-              FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
+        for (size_t begin = 0; begin < offered.size(); begin += kChildRowsPerStatement) {
+          const size_t end = std::min(offered.size(), begin + kChildRowsPerStatement);
+          for (const pqxx::row& row : tx.exec(StoredKeysQuery(tx, frames, offered, begin, end))) {
+            first.erase(
+                FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
+          }
         }
         for (size_t i : offered) {
           const v1::Frame& f = *frames[i]->frame;

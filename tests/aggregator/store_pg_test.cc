@@ -5,6 +5,7 @@
 #include <sanitizer/lsan_interface.h>
 #endif
 
+#include <algorithm>
 #include <memory>
 #include <pqxx/pqxx>
 #include <string>
@@ -195,6 +196,25 @@ TEST_F(StorePgTest, DirectAndStagedCopiesSkipTheSameReplaysAcrossDays) {
   EXPECT_EQ(Count(*conn_, "SELECT count(DISTINCT tableoid) FROM frames"), 2);
   EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM model_samples"), 4);
   EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM device_samples"), 4);
+}
+
+TEST_F(StorePgTest, ADirectReplayLargerThanOneLookupFindsEveryStoredFrame) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  std::vector<FrameRecord> records;
+  for (uint64_t seq = 1; seq <= 1201; ++seq) {
+    records.push_back(Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(seq))));
+  }
+  std::vector<const FrameRecord*> ptrs;
+  for (size_t i = 0; i < 1200; ++i) ptrs.push_back(&records[i]);
+  ASSERT_TRUE(store.WriteBatch({}, ptrs).ok());
+  ptrs.push_back(&records[1200]);
+  absl::StatusOr<std::vector<bool>> r = store.WriteBatch({}, ptrs);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(std::count(r->begin(), r->end(), true), 1);
+  EXPECT_TRUE(r->back());
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 1201);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM model_samples"), 1201);
 }
 
 TEST_F(StorePgTest, LastSeenAdvancesInStepsWhileFramesArrive) {
