@@ -48,6 +48,10 @@ absl::Status ReadWriter(MapReader& root, WriterConfig* out) {
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = r.Read("frames_copy", &out->frames_copy); !s.ok()) return s;
+  if (out->frames_copy != "direct" && out->frames_copy != "staged") {
+    return r.Error("frames_copy", "must be \"direct\" or \"staged\"");
+  }
   return r.Finish();
 }
 

@@ -26,6 +26,10 @@ struct WriterConfig {
   // Frames queued for the writer across all streams; when full, ingest stops reading (gRPC flow
   // control pushes back to agents). Default 20000; >= max_batch_frames, <= 10000000.
   int64_t queue_frames = 20000;
+  // How frame rows are written: "direct" (default: look up the batch's stored keys, COPY the new
+  // frames straight into `frames`) or "staged" (COPY into a temporary table, then INSERT ...
+  // ON CONFLICT DO NOTHING). Both skip replayed frames; docs/benchmarks.md compares them.
+  std::string frames_copy = "direct";
 };
 
 // How long rows are kept. Sample tables are partitioned by UTC day of window_end; a day's partition

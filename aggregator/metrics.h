@@ -34,6 +34,8 @@ class AggregatorMetrics {
   prometheus::Counter& frames_rejected() { return *frames_rejected_; }
   // fleetwes_ingest_frames_rejected_total{reason}; also counts frames_rejected().
   void CountRejected(RejectReason reason);
+  // fleetwes_ingest_frames_rejected_total{reason}.
+  prometheus::Counter& rejected(RejectReason reason) { return *rejected_by_reason_.at(reason); }
   // fleetwes_ingest_streams: open Publish streams.
   prometheus::Gauge& streams() { return *streams_; }
   // fleetwes_ingest_streams_failed_total{reason="hello|protocol|unavailable"}

@@ -40,7 +40,9 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       clock_(clock),
       options_(options),
       policy_(PolicyFrom(config_)),
-      batch_store_(config_.database_url, config_.retention, clock_),
+      batch_store_(config_.database_url, config_.retention, clock_,
+                   config_.writer.frames_copy == "staged" ? PgBatchStore::Mode::kStaged
+                                                          : PgBatchStore::Mode::kDirect),
       reader_(config_.database_url),
       writer_(&batch_store_, clock_, &metrics_, WriterOptionsFrom(config_)),
       events_(config_.database_url, config_.retention, clock_, &metrics_),

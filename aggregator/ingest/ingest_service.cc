@@ -238,6 +238,7 @@ class PublishReactor final
           absl::StrCat("seq ", frame->seq(), " is not above the previous seq of this stream (",
                        tracker_.last_seq(), ")")};
     }
+    if (!rejection.has_value()) rejection = deps_.cardinality->Admit(*frame, now);
     if (rejection.has_value()) {
       deps_.metrics->CountRejected(rejection->reason);
       log_->warn("rejected frame {}/{}/{}: {}: {}", node_id_, frame->boot_id(), frame->seq(),
@@ -368,7 +369,8 @@ class PublishReactor final
 
 IngestService::IngestService(Writer* writer, FleetState* state, Clock* clock,
                              AggregatorMetrics* metrics, IngestOptions options)
-    : deps_{writer, state, clock, metrics, std::move(options)} {}
+    : cardinality_(options.cardinality),
+      deps_{writer, state, clock, metrics, std::move(options), &cardinality_} {}
 
 grpc::ServerBidiReactor<v1::PublishRequest, v1::PublishResponse>* IngestService::Publish(
     grpc::CallbackServerContext* context) {

@@ -246,6 +246,10 @@ absl::string_view RejectReasonName(RejectReason r) {
       return "store";
     case RejectReason::kExpired:
       return "expired";
+    case RejectReason::kClockSkew:
+      return "clock_skew";
+    case RejectReason::kCardinality:
+      return "cardinality";
   }
   return "unknown";
 }
@@ -274,6 +278,13 @@ absl::Status ValidateHello(const v1::Hello& hello) {
   if (!c.failed() && hello.labels_size() > kMaxLabels) {
     c.Fail(RejectReason::kTooMany, "hello.labels",
            absl::StrCat("has ", hello.labels_size(), " labels, at most ", kMaxLabels, " allowed"));
+  }
+  size_t label_bytes = 0;
+  for (const auto& [key, value] : hello.labels()) label_bytes += key.size() + value.size();
+  if (!c.failed() && label_bytes > kMaxLabelBytes) {
+    c.Fail(RejectReason::kTooMany, "hello.labels",
+           absl::StrCat("keys and values total ", label_bytes, " bytes, at most ", kMaxLabelBytes,
+                        " allowed"));
   }
   for (const auto& [key, value] : hello.labels()) {
     if (c.failed()) break;
@@ -341,11 +352,11 @@ std::optional<Rejection> ValidateFrame(const v1::Frame& f, const FrameContext& c
              absl::StrCat("window of ", absl::FormatDuration(*end - *start), " is longer than ",
                           absl::FormatDuration(kMaxWindow)));
     } else if (*end > ctx.now + kMaxClockSkew) {
-      c.Fail(RejectReason::kWindow, "window_end",
+      c.Fail(RejectReason::kClockSkew, "window_end",
              absl::StrCat("is ", absl::FormatDuration(*end - ctx.now),
                           " in the future of the aggregator's clock"));
     } else if (*end < absl::FromUnixSeconds(kMinWindowUnixSeconds)) {
-      c.Fail(RejectReason::kWindow, "window_end", "is before 2020-01-01");
+      c.Fail(RejectReason::kClockSkew, "window_end", "is before 2020-01-01");
     } else if (*end < ctx.oldest_window_end) {
       c.Fail(RejectReason::kExpired, "window_end",
              absl::StrCat("is ", absl::FormatDuration(ctx.now - *end),

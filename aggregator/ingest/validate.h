@@ -25,6 +25,7 @@ inline constexpr size_t kMaxNameLength = 256;  // model, device name, label valu
 inline constexpr size_t kMaxTextLength = 512;  // endpoints, reasons
 inline constexpr size_t kMaxLabelKeyLength = 128;
 inline constexpr int kMaxLabels = 64;
+inline constexpr size_t kMaxLabelBytes = 4096;  // all keys and values of one Hello together
 inline constexpr int kMaxDevices = 64;
 inline constexpr int kMaxEngines = 64;
 inline constexpr int kMaxModels = 256;
@@ -37,7 +38,7 @@ inline constexpr absl::Duration kMaxClockSkew = absl::Minutes(5);
 enum class RejectReason {
   kKeyMismatch,  // node_id/boot_id differ from the stream's Hello
   kSeq,          // seq 0, beyond int64, or not above the stream's previous seq
-  kWindow,       // window bounds missing, out of order, too long, or in the future
+  kWindow,       // window bounds missing, invalid, out of order, or too long
   kTooLarge,     // serialized frame above max_frame_bytes
   kTooMany,      // a repeated field above its cap
   kString,       // a string empty where required, too long, or with control characters
@@ -46,14 +47,17 @@ enum class RejectReason {
   kEnum,         // an enum value this aggregator does not know
   kStore,        // the database refused the frame for good
   kExpired,      // window ended before the frames retention: it would be dropped at once
+  kClockSkew,    // window ends more than kMaxClockSkew after the aggregator's clock, or before 2020
+  kCardinality,  // the node's distinct model names or device ids would exceed their caps
 };
-inline constexpr std::array<RejectReason, 11> kAllRejectReasons = {
+inline constexpr std::array<RejectReason, 13> kAllRejectReasons = {
     RejectReason::kKeyMismatch, RejectReason::kSeq,        RejectReason::kWindow,
     RejectReason::kTooLarge,    RejectReason::kTooMany,    RejectReason::kString,
     RejectReason::kNonFinite,   RejectReason::kOutOfRange, RejectReason::kEnum,
-    RejectReason::kStore,       RejectReason::kExpired};
+    RejectReason::kStore,       RejectReason::kExpired,    RejectReason::kClockSkew,
+    RejectReason::kCardinality};
 // "key_mismatch", "seq", "window", "too_large", "too_many", "string", "non_finite",
-// "out_of_range", "enum", "store", "expired".
+// "out_of_range", "enum", "store", "expired", "clock_skew", "cardinality".
 absl::string_view RejectReasonName(RejectReason r);
 
 // One refusal: the path of the first offending field relative to the frame

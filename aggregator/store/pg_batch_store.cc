@@ -22,8 +22,8 @@ namespace fleetwes::aggregator {
 
 namespace {
 
-// Rows per INSERT statement (nodes): large enough to amortise round trips, small enough to keep
-// each statement's text a few megabytes at most.
+// Rows per INSERT statement (nodes) and keys per stored-keys lookup: large enough to amortise
+// round trips, small enough to keep each statement's text a few megabytes at most.
 constexpr size_t kChildRowsPerStatement = 1000;
 
 using FrameKey = std::tuple<std::string, std::string, int64_t>;
@@ -230,6 +230,28 @@ constexpr absl::string_view kDrainStage =
     "INSERT INTO frames SELECT * FROM fleetwes_stage_frames "
     "ON CONFLICT (node_id, boot_id, seq, window_end) DO NOTHING RETURNING node_id, boot_id, seq";
 
+// The keys among frames[offered[begin..end)] already in `frames`: (node_id, boot_id, seq) rows.
+// The window bounds of those frames let PostgreSQL look only at the partitions of their days.
+std::string StoredKeysQuery(pqxx::work& tx, absl::Span<const FrameRecord* const> frames,
+                            const std::vector<size_t>& offered, size_t begin, size_t end_index) {
+  absl::Time lo = absl::InfiniteFuture();
+  absl::Time hi = absl::InfinitePast();
+  std::string q = "SELECT f.node_id, f.boot_id, f.seq FROM frames f JOIN (VALUES ";
+  for (size_t k = begin; k < end_index; ++k) {
+    const v1::Frame& f = *frames[offered[k]]->frame;
+    const absl::Time end = FromProtoTime(f.window_end());
+    lo = std::min(lo, end);
+    hi = std::max(hi, end);
+    absl::StrAppend(&q, k == begin ? "(" : ",(", tx.quote(f.node_id()), ",", tx.quote(f.boot_id()),
+                    ",", static_cast<int64_t>(f.seq()), "::bigint,", sql::Time(end), ")");
+  }
+  absl::StrAppend(&q,
+                  ") AS k (node_id, boot_id, seq, window_end) "
+                  "USING (node_id, boot_id, seq, window_end) WHERE f.window_end BETWEEN ",
+                  sql::Time(lo), " AND ", sql::Time(hi));
+  return q;
+}
+
 // COPY `lines` into `table` (`columns`) within `tx`.
 void CopyLines(pqxx::work& tx, const std::string& table, const std::vector<std::string>& columns,
                const std::vector<std::string>& lines) {
@@ -245,8 +267,8 @@ void CopyLines(pqxx::work& tx, const std::string& table, const std::vector<std::
 
 }  // namespace
 
-PgBatchStore::PgBatchStore(std::string url, RetentionConfig retention, Clock* clock)
-    : url_(std::move(url)), retention_(retention), clock_(clock) {}
+PgBatchStore::PgBatchStore(std::string url, RetentionConfig retention, Clock* clock, Mode mode)
+    : url_(std::move(url)), retention_(retention), clock_(clock), mode_(mode) {}
 
 PgBatchStore::~PgBatchStore() = default;
 
@@ -266,17 +288,22 @@ absl::Status PgBatchStore::EnsurePartitions(absl::string_view table,
 
 absl::StatusOr<std::vector<bool>> PgBatchStore::WriteBatch(
     absl::Span<const NodeRecord> nodes, absl::Span<const FrameRecord* const> frames) {
-  absl::StatusOr<std::vector<bool>> result = WriteOnce(nodes, frames);
+  absl::StatusOr<std::vector<bool>> result = WriteOnce(nodes, frames, mode_);
   // A day partition this store believed in is gone (dropped by hand, or by another aggregator's
   // retention with a different setting): the cache was cleared, so one more try recreates it.
   if (!result.ok() && absl::StrContains(result.status().message(), "no partition of relation")) {
-    result = WriteOnce(nodes, frames);
+    result = WriteOnce(nodes, frames, mode_);
+  }
+  // Another writer stored one of these frames between the check and the COPY: the staged path
+  // skips it.
+  if (!result.ok() && result.status().code() == absl::StatusCode::kAlreadyExists) {
+    result = WriteOnce(nodes, frames, Mode::kStaged);
   }
   return result;
 }
 
 absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
-    absl::Span<const NodeRecord> nodes, absl::Span<const FrameRecord* const> frames) {
+    absl::Span<const NodeRecord> nodes, absl::Span<const FrameRecord* const> frames, Mode mode) {
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
   std::vector<bool> inserted(frames.size(), false);
 
@@ -301,12 +328,13 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
   if (absl::Status s = EnsurePartitions("device_samples", device_days); !s.ok()) return s;
 
   try {
-    if (stage_backend_pid_ != conn_->backendpid()) {
+    if (mode == Mode::kStaged && stage_backend_pid_ != conn_->backendpid()) {
       pqxx::nontransaction ddl(*conn_);
       ddl.exec(std::string(kCreateStage));
       stage_backend_pid_ = conn_->backendpid();
     }
     pqxx::work tx(*conn_);
+    std::vector<std::pair<absl::string_view, absl::Time>> touched;  // recorded after the commit
 
     // Nodes announced in this batch; the last Hello of a node wins (one row per statement).
     if (!nodes.empty()) {
@@ -322,21 +350,44 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
     if (!frames.empty()) {
       // Frames: the first occurrence of each key in the batch is offered to the database.
       std::map<FrameKey, size_t> first;
-      std::vector<std::string> lines;
+      std::vector<size_t> offered;
       absl::flat_hash_map<absl::string_view, absl::Time> seen;
       for (size_t i = 0; i < frames.size(); ++i) {
         const v1::Frame& f = *frames[i]->frame;
         FrameKey key{f.node_id(), f.boot_id(), static_cast<int64_t>(f.seq())};
         if (!first.emplace(std::move(key), i).second) continue;
-        lines.push_back(FrameLine(*frames[i]));
+        offered.push_back(i);
         absl::Time& t = seen[f.node_id()];
         t = std::max(t, frames[i]->received_at);
       }
-      CopyLines(tx, "fleetwes_stage_frames", FrameColumns(), lines);
-      for (const pqxx::row& row : tx.exec(std::string(kDrainStage))) {
-        auto it = first.find(
-            FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
-        if (it != first.end()) inserted[it->second] = true;
+      std::vector<std::string> lines;
+      lines.reserve(offered.size());
+      if (mode == Mode::kStaged) {
+        for (size_t i : offered) lines.push_back(FrameLine(*frames[i]));
+        CopyLines(tx, "fleetwes_stage_frames", FrameColumns(), lines);
+        for (const pqxx::row& row : tx.exec(std::string(kDrainStage))) {
+          auto it = first.find(
+              FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
+          if (it != first.end()) inserted[it->second] = true;
+        }
+      } else {
+        // Which keys are stored already (replays); the others are COPYed straight into frames.
+        for (size_t begin = 0; begin < offered.size(); begin += kChildRowsPerStatement) {
+          const size_t end = std::min(offered.size(), begin + kChildRowsPerStatement);
+          for (const pqxx::row& row : tx.exec(StoredKeysQuery(tx, frames, offered, begin, end))) {
+            first.erase(
+                FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
+          }
+        }
+        for (size_t i : offered) {
+          const v1::Frame& f = *frames[i]->frame;
+          if (!first.contains(FrameKey{f.node_id(), f.boot_id(), static_cast<int64_t>(f.seq())})) {
+            continue;
+          }
+          inserted[i] = true;
+          lines.push_back(FrameLine(*frames[i]));
+        }
+        CopyLines(tx, "frames", FrameColumns(), lines);
       }
 
       // Model and device rows of the frames inserted now (never for duplicates).
@@ -357,14 +408,23 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
       CopyLines(tx, "model_samples", ModelColumns(), model_rows);
       CopyLines(tx, "device_samples", DeviceColumns(), device_rows);
 
+      // nodes.last_seen moves in steps of kLastSeenStep: updating the row of every node on every
+      // frame cost about a quarter of the database's time per frame.
       std::vector<std::string> touch_rows;
       for (const auto& [node_id, t] : seen) {
+        auto it = last_seen_written_.find(node_id);
+        if (it != last_seen_written_.end() && t < it->second + kLastSeenStep) continue;
         touch_rows.push_back(absl::StrCat("(", tx.quote(std::string(node_id)), ",", sql::Time(t),
                                           ",", sql::Time(t), ")"));
+        touched.emplace_back(node_id, t);
       }
       ExecChunked(tx, kTouchNodes, touch_rows, kChildRowsPerStatement, kTouchNodesTail);
     }
     tx.commit();
+    for (const auto& [node_id, t] : touched) {
+      absl::Time& written = last_seen_written_[node_id];
+      written = std::max(written, t);
+    }
   } catch (const std::exception& e) {
     absl::Status s = PgExceptionToStatus("write batch", e);
     // A partition may have been dropped behind this store's back: check again next time.

@@ -1,7 +1,7 @@
-// BatchStore on PostgreSQL with libpqxx, one transaction per batch: frames are COPYed into a
-// temporary staging table and moved with INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING
-// their key, then the model and device rows of the new frames only are COPYed straight into
-// their tables; node upserts are multi-row INSERTs.
+// BatchStore on PostgreSQL with libpqxx, one transaction per batch: the frames not stored yet are
+// COPYed into `frames` (Mode), then the model and device rows of the new frames only are COPYed
+// straight into their tables; node upserts are multi-row INSERTs; nodes.last_seen advances in
+// steps of kLastSeenStep.
 // The sample tables are partitioned by day (store/partitions.h): before a batch, the partitions of
 // the days it touches are created when this store has not seen them yet; model and device rows
 // older than their table's retention are not written (frames that old are refused at ingest).
@@ -16,7 +16,9 @@
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/civil_time.h"
+#include "absl/time/time.h"
 #include "aggregator/config.h"
 #include "aggregator/store/batch_store.h"
 #include "common/clock.h"
@@ -25,8 +27,21 @@ namespace fleetwes::aggregator {
 
 class PgBatchStore : public BatchStore {
  public:
+  // nodes.last_seen trails the latest frame received by less than this (a Hello always writes it).
+  static constexpr absl::Duration kLastSeenStep = absl::Seconds(5);
+
+  // How frame rows reach `frames`.
+  enum class Mode {
+    // SELECT the batch's keys already stored, then COPY the others straight into `frames`; a
+    // unique violation (another writer raced) retries the batch kStaged.
+    kDirect,
+    // COPY into a temporary staging table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+    kStaged,
+  };
+
   // `clock` (may be null: no retention cut-off) must outlive the store.
-  explicit PgBatchStore(std::string url, RetentionConfig retention = {}, Clock* clock = nullptr);
+  explicit PgBatchStore(std::string url, RetentionConfig retention = {}, Clock* clock = nullptr,
+                        Mode mode = Mode::kDirect);
   ~PgBatchStore() override;
 
   absl::StatusOr<std::vector<bool>> WriteBatch(
@@ -35,15 +50,20 @@ class PgBatchStore : public BatchStore {
  private:
   absl::Status EnsureConnected();
   absl::StatusOr<std::vector<bool>> WriteOnce(absl::Span<const NodeRecord> nodes,
-                                              absl::Span<const FrameRecord* const> frames);
+                                              absl::Span<const FrameRecord* const> frames,
+                                              Mode mode);
   // Creates the missing day partitions of `table` for `days` (cached once seen).
   absl::Status EnsurePartitions(absl::string_view table, const std::set<absl::CivilDay>& days);
 
   std::string url_;
   const RetentionConfig retention_;
   Clock* const clock_;
+  const Mode mode_;
   // (table, day) partitions known to exist; cleared after a failed batch.
   std::set<std::pair<std::string, absl::CivilDay>> known_partitions_;
+  // nodes.last_seen as this store last committed it, per node: it is written again only once a
+  // frame was received kLastSeenStep later.
+  absl::flat_hash_map<std::string, absl::Time> last_seen_written_;
   std::unique_ptr<pqxx::connection> conn_;
   // The server process (session) in which the staging table was created: it is per session.
   int stage_backend_pid_ = 0;

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "aggregator/store/batch_store.h"
 #include "common/backoff.h"
 #include "common/clock.h"
@@ -85,8 +86,12 @@ class Writer {
   std::vector<Item> NextBatch();
   // Writes `batch` (retrying transient failures) and completes its callbacks.
   void WriteWithRetry(std::vector<Item>& batch);
-  // One attempt; on refusal of a multi-frame batch, isolates the refused frames one by one.
+  // One attempt at the items not completed yet; on a refusal for good, isolates the refused
+  // items by bisection (they fail with the database's status, the others complete).
   absl::Status Attempt(std::vector<Item>& batch, std::vector<bool>* completed);
+  // Writes batch[i] for i in `items` in one transaction (bisecting on a refusal for good).
+  absl::Status AttemptSome(std::vector<Item>& batch, absl::Span<const size_t> items,
+                           std::vector<bool>* completed);
   void Complete(Item& item, Outcome outcome, const absl::Status& status);
   void RunReadyCallbacks();
 
@@ -97,7 +102,7 @@ class Writer {
 
   mutable absl::Mutex mu_;
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
-  std::vector<ReadyCallback> ready_ ABSL_GUARDED_BY(mu_);
+  std::deque<ReadyCallback> ready_ ABSL_GUARDED_BY(mu_);  // oldest first
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();

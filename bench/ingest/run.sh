@@ -29,6 +29,8 @@ options:
   --warmup SECONDS     load before measuring (default 15)
   --build DIR          build directory (default build/bench; configured and built when needed)
   --skip-build         use the binaries already in --build
+  --frames-copy MODE   the aggregator's writer.frames_copy: direct (default) or staged
+  --batch-frames N     the aggregator's writer.max_batch_frames (default: its default)
   --keep               keep the PostgreSQL cluster and logs (printed at the end)
   -h, --help           this help
 EOF
@@ -44,6 +46,8 @@ warmup=15
 build="$root/build/bench"
 skip_build=0
 keep=0
+frames_copy=direct
+batch_frames=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
@@ -53,6 +57,10 @@ while [ $# -gt 0 ]; do
     --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     --keep) keep=1 ;;
+    --frames-copy)
+      case "${2:-}" in direct|staged) frames_copy=$2 ;; *) die "--frames-copy needs direct or staged" ;; esac
+      shift ;;
+    --batch-frames) need_number "$1" "${2:-}" 1; batch_frames=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "ingest: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -78,7 +86,14 @@ trap 'echo "ingest: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 bench_database "$pgdir" -c synchronous_commit=on -c wal_compression=on -c max_wal_size=4GB \
   -c checkpoint_timeout=15min -c shared_buffers=2GB -c autovacuum_vacuum_insert_scale_factor=0.05
-aggregator_config "$work/aggregator.yaml" "log_level: warn"
+writer_yaml="writer:
+  frames_copy: $frames_copy
+"
+[ -z "$batch_frames" ] || writer_yaml+="  max_batch_frames: $batch_frames
+  queue_frames: $((batch_frames > 20000 ? batch_frames : 20000))
+"
+aggregator_config "$work/aggregator.yaml" "log_level: warn
+$writer_yaml"
 say "fleetwes-aggregator on 127.0.0.1:$grpc_port"
 "$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
 agg_pid=$!
@@ -106,9 +121,9 @@ rows_inserted() {  # "<frame rows> <all rows>" inserted so far
 
 sleep "$warmup"
 kill -0 "$load_pid" 2>/dev/null || { cat "$work/loadgen.log" >&2; die "the load generator exited early"; }
-a0=$(ticks "$agg_pid"); p0=$(pg_ticks); read -r f0 r0 < <(rows_inserted); t0=$(date +%s.%N)
+a0=$(ticks "$agg_pid"); l0=$(ticks "$load_pid"); p0=$(pg_ticks); read -r f0 r0 < <(rows_inserted); t0=$(date +%s.%N)
 sleep "$duration"
-a1=$(ticks "$agg_pid"); p1=$(pg_ticks); read -r f1 r1 < <(rows_inserted); t1=$(date +%s.%N)
+a1=$(ticks "$agg_pid"); l1=$(ticks "$load_pid"); p1=$(pg_ticks); read -r f1 r1 < <(rows_inserted); t1=$(date +%s.%N)
 wait "$load_pid" || die "the load generator failed: $(tail -n 5 "$work/loadgen.log")"
 load_pid=""
 [ -s "$work/loadgen.json" ] || die "the load generator printed no summary"
@@ -138,19 +153,21 @@ c1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
 
 python3 - "$work/loadgen.json" "$a0" "$a1" "$p0" "$p1" "$r0" "$r1" "$t0" "$t1" "$c0" "$c1" \
-  "$rows_total" "$hz" "$nodes" "$interval" "$f0" "$f1" <<'EOF'
+  "$rows_total" "$hz" "$nodes" "$interval" "$f0" "$f1" "$l0" "$l1" <<'EOF'
 import json, sys
 load = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 a0, a1, p0, p1, r0, r1 = (int(x) for x in sys.argv[2:8])
 t0, t1, c0, c1 = (float(x) for x in sys.argv[8:12])
 rows_total, hz, nodes, interval = int(sys.argv[12]), int(sys.argv[13]), int(sys.argv[14]), int(sys.argv[15])
 f0, f1 = int(sys.argv[16]), int(sys.argv[17])
+l0, l1 = int(sys.argv[18]), int(sys.argv[19])
 span = t1 - t0
 rows_per_s = (r1 - r0) / span
 frames_per_s = (f1 - f0) / span
 ceiling = rows_total / (c1 - c0) if c1 > c0 else 0.0
 agg_pct = 100.0 * (a1 - a0) / hz / span
 pg_pct = 100.0 * (p1 - p0) / hz / span
+load_pct = 100.0 * (l1 - l0) / hz / span
 out = sys.stderr
 print(f"offered: {nodes} nodes every {interval} s = {nodes / interval:.0f} frames/s", file=out)
 print(f"acknowledged: {load['frames_acked']} of {load['frames_sent']} sent, "
@@ -159,7 +176,12 @@ print(f"acknowledged: {load['frames_acked']} of {load['frames_sent']} sent, "
       f"rejected {load['frames_rejected']}, resent {load['frames_resent']}", file=out)
 print(f"persisted over the measured {span:.1f} s: {frames_per_s:.0f} frames/s, "
       f"{rows_per_s:.0f} rows/s (frames + model and device samples)", file=out)
-print(f"CPU (share of one core): aggregator {agg_pct:.0f} %, PostgreSQL {pg_pct:.0f} %", file=out)
+# CPU per persisted frame: steadier than rates on a machine shared with other work.
+agg_us = 1e6 * (a1 - a0) / hz / (f1 - f0) if f1 > f0 else 0.0
+pg_us = 1e6 * (p1 - p0) / hz / (f1 - f0) if f1 > f0 else 0.0
+print(f"CPU (share of one core): aggregator {agg_pct:.0f} %, PostgreSQL {pg_pct:.0f} %, "
+      f"load generator {load_pct:.0f} %; per persisted frame: aggregator {agg_us:.0f} us, "
+      f"PostgreSQL {pg_us:.0f} us", file=out)
 print(f"ceiling: {rows_total} rows by psql \\copy in {c1 - c0:.2f} s = {ceiling:.0f} rows/s", file=out)
 print(json.dumps({
     "frames_per_s": round(frames_per_s, 1),
@@ -172,5 +194,8 @@ print(json.dumps({
     "interval_s": interval,
     "aggregator_cpu_pct": round(agg_pct, 1),
     "postgres_cpu_pct": round(pg_pct, 1),
+    "loadgen_cpu_pct": round(load_pct, 1),
+    "aggregator_cpu_us_per_frame": round(agg_us, 1),
+    "postgres_cpu_us_per_frame": round(pg_us, 1),
 }))
 EOF

@@ -42,14 +42,14 @@ v1::PublishRequest FrameMsg(v1::Frame f) {
 
 class IngestServiceTest : public ::testing::Test {
  protected:
-  void StartServer(WriterOptions options = {}) {
+  void StartServer(WriterOptions options = {}, IngestOptions ingest = {}) {
     options.backoff.initial = absl::Milliseconds(1);
     options.backoff.max = absl::Milliseconds(5);
     options.flush_timeout = absl::Milliseconds(100);
     writer_ = std::make_unique<Writer>(&store_, RealClock(), &metrics_, options);
     writer_->Start();
     service_ = std::make_unique<IngestService>(writer_.get(), &state_, &clock_, &metrics_,
-                                               IngestOptions{});
+                                               std::move(ingest));
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -191,6 +191,44 @@ TEST_F(IngestServiceTest, AFrameTheStoreRefusesIsRejectedForGood) {
   ASSERT_EQ(rejects.size(), 1u);
   EXPECT_EQ(rejects[0].field(), "frame");
   EXPECT_EQ(rejects[0].code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(IngestServiceTest, ANodeFloodingModelNamesIsRefusedBeyondItsCap) {
+  IngestOptions ingest;
+  ingest.cardinality.max_models_per_node = 2;
+  ingest.cardinality.window = absl::Hours(24);
+  StartServer({}, ingest);
+  grpc::ClientContext ctx;
+  auto stream = Open(&ctx);
+  ASSERT_TRUE(stream->Write(HelloMsg(node_, "boot-a")));
+  const char* models[] = {"m-a", "m-b", "m-c", "m-a"};
+  for (uint64_t seq = 1; seq <= 4; ++seq) {
+    testing::ModelSpec spec;
+    spec.model = models[seq - 1];
+    ASSERT_TRUE(stream->Write(
+        FrameMsg(MakeFrame(node_, "boot-a", seq, T0() + absl::Seconds(2 * seq - 10), spec))));
+  }
+  rejected_seqs_.insert(3);
+  std::vector<v1::Reject> rejects;
+  ASSERT_TRUE(ReadUntilAck(stream.get(), 4, &rejects));
+  ASSERT_EQ(rejects.size(), 1u);
+  EXPECT_EQ(rejects[0].seq(), 3u);
+  EXPECT_EQ(rejects[0].field(), "models[0].model");
+  EXPECT_EQ(metrics_.rejected(RejectReason::kCardinality).Value(), 1);
+  EXPECT_EQ(store_.committed(),
+            (std::set<FakeBatchStore::Key>{
+                {node_, "boot-a", 1}, {node_, "boot-a", 2}, {node_, "boot-a", 4}}));
+
+  // A day later the old names no longer count: a new one is accepted.
+  clock_.Advance(absl::Hours(25));
+  testing::ModelSpec spec;
+  spec.model = "m-c";
+  ASSERT_TRUE(stream->Write(FrameMsg(MakeFrame(node_, "boot-a", 5, clock_.Now(), spec))));
+  ASSERT_TRUE(ReadUntilAck(stream.get(), 5, &rejects));
+  EXPECT_EQ(rejects.size(), 1u);
+  EXPECT_TRUE(store_.committed().contains({node_, "boot-a", 5}));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }

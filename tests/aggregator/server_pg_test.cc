@@ -159,6 +159,38 @@ TEST_F(ServerPgTest, AcksAfterCommitRejectsBadFramesAndDeduplicatesReplays) {
   EXPECT_EQ(Count("SELECT count(*) FROM nodes WHERE node_id = 'studio-01'"), 1);
 }
 
+TEST_F(ServerPgTest, AFrameTheDatabaseRefusesIsRejectedAloneAndTheRestOfItsStreamCommits) {
+  // A constraint validation does not know about: the database refuses the model row of seq 3
+  // in the middle of a batch.
+  {
+    pqxx::connection c(db().url());
+    pqxx::work tx(c);
+    tx.exec0("ALTER TABLE model_samples ADD CONSTRAINT test_no_poison CHECK (model <> 'poison')");
+    tx.commit();
+  }
+  std::vector<v1::Frame> frames;
+  for (uint64_t seq = 1; seq <= 6; ++seq) {
+    ModelSpec spec;
+    spec.model = seq == 3 ? "poison" : "llama3-8b";
+    frames.push_back(
+        MakeFrame("studio-01", "boot-a", seq, T0() - absl::Seconds(20 - 2 * seq), spec));
+  }
+  Published p = Publish("studio-01", frames, 6);
+  EXPECT_TRUE(p.status.ok()) << p.status.error_message();
+  EXPECT_EQ(p.ack, 6u);
+  ASSERT_EQ(p.rejects.size(), 1u);
+  EXPECT_EQ(p.rejects[0].seq(), 3u);
+  EXPECT_EQ(p.rejects[0].field(), "frame");
+  EXPECT_EQ(p.rejects[0].code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_TRUE(absl::StrContains(p.rejects[0].message(), "test_no_poison"))
+      << p.rejects[0].message();
+  EXPECT_EQ(Count("SELECT count(*) FROM frames WHERE node_id = 'studio-01'"), 5);
+  EXPECT_EQ(Count("SELECT count(*) FROM frames WHERE seq = 3"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM model_samples"), 5);
+  EXPECT_EQ(server_->metrics().rejected(RejectReason::kStore).Value(), 1);
+  EXPECT_EQ(server_->metrics().frames_committed().Value(), 5);
+}
+
 TEST_F(ServerPgTest, FleetServesTheLeaderboardNodesAndHistory) {
   struct N {
     const char* id;

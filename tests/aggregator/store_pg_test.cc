@@ -5,6 +5,7 @@
 #include <sanitizer/lsan_interface.h>
 #endif
 
+#include <algorithm>
 #include <memory>
 #include <pqxx/pqxx>
 #include <string>
@@ -162,6 +163,79 @@ TEST_F(StorePgTest, WritesABatchAndDeduplicatesReplays) {
   EXPECT_DOUBLE_EQ(model[1].as<double>(), 0.25);
   EXPECT_EQ(model[2].as<int>(), 0);
   EXPECT_TRUE(model[3].is_null());
+}
+
+TEST_F(StorePgTest, DirectAndStagedCopiesSkipTheSameReplaysAcrossDays) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore direct(db().url(), {}, nullptr, PgBatchStore::Mode::kDirect);
+  PgBatchStore staged(db().url(), {}, nullptr, PgBatchStore::Mode::kStaged);
+  // Windows on both sides of midnight: two day partitions in one batch.
+  std::vector<FrameRecord> records;
+  for (uint64_t seq = 1; seq <= 4; ++seq) {
+    records.push_back(
+        Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(4 * seq - 10))));
+  }
+  auto ptrs = [&](std::initializer_list<size_t> idx) {
+    std::vector<const FrameRecord*> out;
+    for (size_t i : idx) out.push_back(&records[i]);
+    return out;
+  };
+  absl::StatusOr<std::vector<bool>> r = staged.WriteBatch({}, ptrs({0, 2}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{true, true}));
+  r = direct.WriteBatch({}, ptrs({0, 1, 2, 3, 1}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{false, true, false, true, false}));
+  r = staged.WriteBatch({}, ptrs({3, 1}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{false, false}));
+  r = direct.WriteBatch({}, ptrs({0, 1, 2, 3}));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, (std::vector<bool>{false, false, false, false}));
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 4);
+  EXPECT_EQ(Count(*conn_, "SELECT count(DISTINCT tableoid) FROM frames"), 2);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM model_samples"), 4);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM device_samples"), 4);
+}
+
+TEST_F(StorePgTest, ADirectReplayLargerThanOneLookupFindsEveryStoredFrame) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  std::vector<FrameRecord> records;
+  for (uint64_t seq = 1; seq <= 1201; ++seq) {
+    records.push_back(Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(seq))));
+  }
+  std::vector<const FrameRecord*> ptrs;
+  for (size_t i = 0; i < 1200; ++i) ptrs.push_back(&records[i]);
+  ASSERT_TRUE(store.WriteBatch({}, ptrs).ok());
+  ptrs.push_back(&records[1200]);
+  absl::StatusOr<std::vector<bool>> r = store.WriteBatch({}, ptrs);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(std::count(r->begin(), r->end(), true), 1);
+  EXPECT_TRUE(r->back());
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 1201);
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM model_samples"), 1201);
+}
+
+TEST_F(StorePgTest, LastSeenAdvancesInStepsWhileFramesArrive) {
+  ASSERT_TRUE(ApplyMigrations(*conn_).ok());
+  PgBatchStore store(db().url());
+  auto last_seen = [&] {
+    return Count(*conn_, "SELECT extract(epoch FROM last_seen)::bigint FROM nodes");
+  };
+  for (uint64_t seq = 1; seq <= 4; ++seq) {
+    FrameRecord r = Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(2 * seq)));
+    r.received_at = T0() + absl::Seconds(2 * seq);
+    const FrameRecord* ptr = &r;
+    ASSERT_TRUE(store.WriteBatch({}, {&ptr, 1}).ok());
+    // Written at seq 1 (T0+2s), then again once 5 s have passed (seq 4, T0+8s).
+    EXPECT_EQ(last_seen(), absl::ToUnixSeconds(T0()) + (seq < 4 ? 2 : 8)) << seq;
+  }
+  // A Hello always writes it.
+  NodeRecord node = Node("studio-01");
+  node.seen_at = T0() + absl::Seconds(9);
+  ASSERT_TRUE(store.WriteBatch({&node, 1}, {}).ok());
+  EXPECT_EQ(last_seen(), absl::ToUnixSeconds(T0()) + 9);
 }
 
 TEST_F(StorePgTest, CopyKeepsEveryCharacterOfTextAndNulls) {

@@ -80,13 +80,13 @@ INSTANTIATE_TEST_SUITE_P(
                        *f->mutable_window_start() = ToProtoTime(T0() + absl::Minutes(59));
                        *f->mutable_window_end() = ToProtoTime(T0() + absl::Hours(1));
                      },
-                     "window_end", RejectReason::kWindow},
+                     "window_end", RejectReason::kClockSkew},
         BadFrameCase{"window_before_2020",
                      [](v1::Frame* f) {
                        *f->mutable_window_start() = ToProtoTime(absl::FromUnixSeconds(999));
                        *f->mutable_window_end() = ToProtoTime(absl::FromUnixSeconds(1000));
                      },
-                     "window_end", RejectReason::kWindow},
+                     "window_end", RejectReason::kClockSkew},
         BadFrameCase{"bad_nanos", [](v1::Frame* f) { f->mutable_window_end()->set_nanos(-1); },
                      "window_end", RejectReason::kWindow},
         BadFrameCase{"interval_zero", [](v1::Frame* f) { f->set_interval_s(0); }, "interval_s",
@@ -249,6 +249,12 @@ TEST(ValidateHelloTest, NamesTheBadField) {
        },
        "hello.labels:"},
       {[](v1::Hello* h) { (*h->mutable_labels())["bad key"] = "v"; }, "hello.labels:"},
+      {[](v1::Hello* h) {  // each label within its caps, all of them above kMaxLabelBytes
+         for (int i = 0; i < 20; ++i) {
+           (*h->mutable_labels())["k" + std::to_string(i)] = std::string(250, 'v');
+         }
+       },
+       "hello.labels:"},
       {[](v1::Hello* h) { (*h->mutable_labels())["site"] = std::string(300, 'v'); },
        "hello.labels[\"site\"]:"},
       {[](v1::Hello* h) { h->mutable_devices(0)->set_power_w(-1); }, "hello.devices[0].power_w:"},

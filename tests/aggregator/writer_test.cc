@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -149,6 +150,25 @@ TEST_F(WriterTest, ARefusedFrameFailsAloneAndTheRestCommit) {
   EXPECT_EQ(outcomes_.Get(3).first, Writer::Outcome::kCommitted);
 }
 
+TEST_F(WriterTest, ARefusedFrameIsIsolatedByBisection) {
+  Writer w(&store_, RealClock(), &metrics_, Options());
+  store_.RefuseNode("poison");
+  // Queued before the thread starts: one batch of 8 with the refused frame at seq 6.
+  for (uint64_t seq = 1; seq <= 8; ++seq) {
+    ASSERT_EQ(Submit(w, seq == 6 ? "poison" : "good", seq), Writer::SubmitResult::kAccepted);
+  }
+  w.Start();
+  outcomes_.Await(8);
+  for (uint64_t seq = 1; seq <= 8; ++seq) {
+    EXPECT_EQ(outcomes_.Get(seq).first,
+              seq == 6 ? Writer::Outcome::kFailed : Writer::Outcome::kCommitted)
+        << seq;
+  }
+  // 8 refused; 1-4 committed; 5-8 refused; 5-6 refused; 5 committed; 6 refused alone; 7-8
+  // committed: 7 transactions where writing one by one would take 9.
+  EXPECT_EQ(store_.attempts(), 7);
+}
+
 TEST_F(WriterTest, AFullQueueCallsBackWhenThereIsRoom) {
   WriterOptions o = Options();
   o.queue_frames = 2;
@@ -173,6 +193,38 @@ TEST_F(WriterTest, AFullQueueCallsBackWhenThereIsRoom) {
   ready.WaitForNotification();
   ASSERT_EQ(w.TrySubmitFrame(r, cb, [] {}), Writer::SubmitResult::kAccepted);
   outcomes_.Await(5);
+}
+
+TEST_F(WriterTest, OnlyAsManyWaitingStreamsAreWokenAsThereIsRoom) {
+  WriterOptions o = Options();
+  o.queue_frames = 2;
+  o.max_batch_frames = 2;
+  Writer w(&store_, RealClock(), &metrics_, o);
+  ASSERT_EQ(Submit(w, "n1", 1), Writer::SubmitResult::kAccepted);
+  ASSERT_EQ(Submit(w, "n1", 2), Writer::SubmitResult::kAccepted);
+  // Three streams wait; each submits its frame when woken (on the writer thread).
+  std::atomic<int> woken{0};
+  std::atomic<int> parked_again{0};
+  for (uint64_t seq = 3; seq <= 5; ++seq) {
+    ASSERT_EQ(Submit(w, "n1", seq,
+                     [this, &w, &woken, &parked_again, seq] {
+                       ++woken;
+                       if (Submit(w, "n1", seq, [&parked_again] { ++parked_again; }) ==
+                           Writer::SubmitResult::kQueueFull) {
+                         ++parked_again;
+                       }
+                     }),
+              Writer::SubmitResult::kQueueFull);
+  }
+  store_.Hold();
+  w.Start();
+  // Taking seqs 1-2 made room for two: two streams are woken and fill it; the third waits.
+  store_.AwaitAttempts(1);
+  EXPECT_EQ(woken.load(), 2);
+  EXPECT_EQ(parked_again.load(), 0);
+  store_.Release();
+  outcomes_.Await(5);
+  EXPECT_EQ(woken.load(), 3);
 }
 
 TEST_F(WriterTest, StopFlushesWhatIsQueued) {
