@@ -40,6 +40,7 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       clock_(clock),
       options_(options),
       policy_(PolicyFrom(config_)),
+      state_(FleetStateOptions{.staleness = policy_}),
       batch_store_(config_.database_url, config_.retention, clock_),
       reader_(config_.database_url),
       writer_(&batch_store_, clock_, &metrics_, WriterOptionsFrom(config_)),
@@ -120,6 +121,7 @@ absl::Status AggregatorServer::Start(absl::Notification* stop) {
   writer_.Start();
   started_ = true;
   retention_thread_ = std::thread([this] { RunRetention(); });
+  sweep_thread_ = std::thread([this] { RunSweep(); });
 
   if (absl::Status s = StartGrpc(); !s.ok()) return s;
   // Reflect grpc_listen ":0" and friends back with the real port.
@@ -181,12 +183,17 @@ void AggregatorServer::RunRetention() {
   }
 }
 
+void AggregatorServer::RunSweep() {
+  while (!clock_->WaitFor(options_.sweep_interval, &retention_stop_)) state_.Sweep(clock_->Now());
+}
+
 void AggregatorServer::Stop() {
   if (stopped_) return;
   stopped_ = true;
   auto log = Logger("aggregator");
   retention_stop_.Notify();
   if (retention_thread_.joinable()) retention_thread_.join();
+  if (sweep_thread_.joinable()) sweep_thread_.join();
   if (grpc_ != nullptr) {
     if (grpc::HealthCheckServiceInterface* health = grpc_->GetHealthCheckService()) {
       health->SetServingStatus(false);
