@@ -33,6 +33,16 @@ StalenessPolicy PolicyFrom(const AggregatorConfig& c) {
   return StalenessPolicy{c.stale_after, c.stale_after_min};
 }
 
+FleetStateOptions FleetOptionsFrom(const AggregatorConfig& c, const StalenessPolicy& policy) {
+  FleetStateOptions o;
+  o.staleness = policy;
+  o.rank_event_min_delta = static_cast<uint32_t>(c.leaderboard.rank_event_min_delta);
+  o.rank_event_interval = c.leaderboard.rank_event_interval;
+  o.baseline.window = c.leaderboard.baseline_window;
+  o.baseline.min_samples = static_cast<uint32_t>(c.leaderboard.baseline_min_samples);
+  return o;
+}
+
 }  // namespace
 
 AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, ServerOptions options)
@@ -40,7 +50,7 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       clock_(clock),
       options_(options),
       policy_(PolicyFrom(config_)),
-      state_(FleetStateOptions{.staleness = policy_}),
+      state_(FleetOptionsFrom(config_, policy_)),
       batch_store_(config_.database_url, config_.retention, clock_),
       reader_(config_.database_url),
       writer_(&batch_store_, clock_, &metrics_, WriterOptionsFrom(config_)),

@@ -158,6 +158,10 @@ void FleetState::ApplyFrameLocked(std::shared_ptr<const v1::Frame> frame, absl::
     const std::string& node_id = next->node_id;
     const bool pressure = frame->system().memory_pressure();
     const absl::Time expiry = window_end + options_.staleness.Threshold(frame->interval_s());
+    // The same frame again (a duplicate delivery) must not count twice in baselines.
+    const bool repeat = prev != nullptr && prev->latest != nullptr &&
+                        prev->latest->boot_id() == frame->boot_id() &&
+                        prev->latest->seq() == frame->seq();
     // The representative sample per model: highest decode tokens/s within this frame, samples
     // of the synthetic probe only when the model has no other.
     std::map<std::string, const v1::ModelSample*> best;
@@ -175,8 +179,8 @@ void FleetState::ApplyFrameLocked(std::shared_ptr<const v1::Frame> frame, absl::
                                      frame->thermal_state()));
     }
     UpdateBoard("", node_id, frame->node_wes(), expiry,
-                frame->thermal_state() == v1::THERMAL_STATE_NORMAL && !pressure, received_at, emit,
-                events);
+                !repeat && frame->thermal_state() == v1::THERMAL_STATE_NORMAL && !pressure,
+                received_at, emit, events);
     for (const auto& [model, sample] : best) {
       ModelState& ms = next->models[model];
       if (emit && ms.window_end != absl::Time() &&
@@ -194,8 +198,8 @@ void FleetState::ApplyFrameLocked(std::shared_ptr<const v1::Frame> frame, absl::
         ms.last_wes_window_end = window_end;
       }
       UpdateBoard(model, node_id, sample->wes(), expiry,
-                  sample->wes().thermal_state() == v1::THERMAL_STATE_NORMAL && !pressure &&
-                      !sample->synthetic(),
+                  !repeat && sample->wes().thermal_state() == v1::THERMAL_STATE_NORMAL &&
+                      !pressure && !sample->synthetic(),
                   received_at, emit, events);
     }
     if (frame->boot_id() != next->boot_id) {
@@ -226,28 +230,30 @@ void FleetState::UpdateBoard(const std::string& board_key, const std::string& no
                              absl::Time now, bool emit, std::vector<v1::Event>* events) {
   Board& b = boards_[board_key];
   Track& t = tracks_[node_id][board_key];
-  const uint32_t old_rank = static_cast<uint32_t>(b.ranked.Rank(node_id));
+  const bool rankable = expiry >= now && HasRankableValue(wes);
+  uint32_t old_rank = 0;
+  uint32_t new_rank = 0;
+  if (rankable) {
+    const auto [before, after] = b.ranked.Move(node_id, wes.penalized(), wes.raw());
+    old_rank = static_cast<uint32_t>(before);
+    new_rank = static_cast<uint32_t>(after);
+  } else {
+    old_rank = static_cast<uint32_t>(b.ranked.Remove(node_id));
+  }
   if (auto v = b.valueless.find(node_id); v != b.valueless.end()) b.valueless.erase(v);
   if (auto v = b.swept.find(node_id); v != b.swept.end()) b.swept.erase(v);
   if (auto e = b.expiry_of.find(node_id); e != b.expiry_of.end()) {
     b.expiry.erase(std::make_pair(e->second, node_id));
     b.expiry_of.erase(e);
   }
-  uint32_t new_rank = 0;
   if (expiry < now) {
     // Stale on arrival (a late replay that is still the node's latest window).
-    b.ranked.Remove(node_id);
     b.swept.insert(node_id);
     if (emit && old_rank != 0) events->push_back(StaleEvent(now, node_id, board_key, old_rank));
   } else {
     b.expiry.emplace(expiry, node_id);
     b.expiry_of.emplace(node_id, expiry);
-    if (HasRankableValue(wes)) {
-      new_rank = static_cast<uint32_t>(b.ranked.Upsert(node_id, wes.penalized(), wes.raw()));
-    } else {
-      b.ranked.Remove(node_id);
-      b.valueless.insert(node_id);
-    }
+    if (!rankable) b.valueless.insert(node_id);
     if (emit && old_rank != new_rank) {
       const uint32_t delta =
           (old_rank == 0 || new_rank == 0)

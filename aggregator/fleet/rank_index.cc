@@ -8,27 +8,28 @@ bool RankIndex::Above::operator()(const Entry& a, const Entry& b) const {
   return a.node_id < b.node_id;
 }
 
-size_t RankIndex::Upsert(absl::string_view node_id, double penalized, double raw) {
+std::pair<size_t, size_t> RankIndex::Move(absl::string_view node_id, double penalized, double raw) {
   auto it = values_.find(node_id);
-  Entry e{penalized, raw, std::string(node_id)};
+  size_t before = 0;
   if (it != values_.end()) {
-    if (it->second.first == penalized && it->second.second == raw) {
-      return tree_.order_of_key(e) + 1;
-    }
-    tree_.erase(Entry{it->second.first, it->second.second, e.node_id});
+    Entry old{it->second.first, it->second.second, it->first};
+    before = tree_.order_of_key(old) + 1;
+    if (old.penalized == penalized && old.raw == raw) return {before, before};
+    tree_.erase(old);
     it->second = {penalized, raw};
   } else {
-    values_.emplace(e.node_id, std::make_pair(penalized, raw));
+    it = values_.emplace(std::string(node_id), std::make_pair(penalized, raw)).first;
   }
-  const size_t rank = tree_.order_of_key(e) + 1;
+  Entry e{penalized, raw, it->first};
+  const size_t after = tree_.order_of_key(e) + 1;
   tree_.insert(std::move(e));
-  return rank;
+  return {before, after};
 }
 
 size_t RankIndex::Remove(absl::string_view node_id) {
   auto it = values_.find(node_id);
   if (it == values_.end()) return 0;
-  Entry e{it->second.first, it->second.second, std::string(node_id)};
+  const Entry e{it->second.first, it->second.second, it->first};
   const size_t rank = tree_.order_of_key(e) + 1;
   tree_.erase(e);
   values_.erase(it);
@@ -38,7 +39,7 @@ size_t RankIndex::Remove(absl::string_view node_id) {
 size_t RankIndex::Rank(absl::string_view node_id) const {
   auto it = values_.find(node_id);
   if (it == values_.end()) return 0;
-  return tree_.order_of_key(Entry{it->second.first, it->second.second, std::string(node_id)}) + 1;
+  return tree_.order_of_key(Entry{it->second.first, it->second.second, it->first}) + 1;
 }
 
 }  // namespace fleetwes::aggregator

@@ -26,7 +26,11 @@ class RankIndex {
 
   // Inserts `node_id` or moves it to its new values. Returns its rank afterwards (1-based).
   // Precondition: both values finite.
-  size_t Upsert(absl::string_view node_id, double penalized, double raw);
+  size_t Upsert(absl::string_view node_id, double penalized, double raw) {
+    return Move(node_id, penalized, raw).second;
+  }
+  // Upsert, returning (rank before, 0 when absent; rank after).
+  std::pair<size_t, size_t> Move(absl::string_view node_id, double penalized, double raw);
   // Removes `node_id`; returns the rank it had, 0 when it was not in the index.
   size_t Remove(absl::string_view node_id);
   // The rank of `node_id` (1-based), 0 when it is not in the index.

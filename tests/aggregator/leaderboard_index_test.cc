@@ -369,6 +369,8 @@ TEST_F(IndexTest, BaselineLossFollowsTheDocumentedVector) {
 
 TEST_F(IndexTest, NoBaselineBelowTheMinimumSampleCountOrFromSwappingSamples) {
   Add("n", {.tokens_per_s = 100, .watts = 50}, T0());
+  // A duplicate delivery of the same frame counts once.
+  state_.ApplyFrame(Frame("n", 1, T0(), {.tokens_per_s = 100, .watts = 50}), T0());
   Add("n", {.tokens_per_s = 100, .watts = 50}, T0() + absl::Seconds(2));
   for (int i = 2; i < 10; ++i) {
     Add("n", {.tokens_per_s = 100, .watts = 50}, T0() + absl::Seconds(2 * i), true);
