@@ -1,7 +1,7 @@
 // The leaderboard's costs (docs/benchmarks.md, bench/leaderboard): moving a node in the ranked
 // index and reading the top 100 at 100,000 nodes, the full ApplyFrame and Leaderboard calls at
 // that size, and a /metrics render with 10,000 nodes. Google Benchmark's table on stderr, then one
-// JSON line on stdout with the mean time per operation of each case.
+// JSON line on stdout with the mean wall time per operation of each case, in nanoseconds.
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
@@ -170,8 +170,11 @@ class Reporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
-      if (r.iterations == 0) continue;
-      ns_[r.benchmark_name()] = r.real_accumulated_time / static_cast<double>(r.iterations) * 1e9;
+      // With --benchmark_repetitions, the mean of the repetitions.
+      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "mean") continue;
+      if (r.run_type == Run::RT_Iteration && r.iterations == 0) continue;
+      ns_[r.run_name.str()] =
+          r.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(r.time_unit) * 1e9;
     }
   }
   const std::map<std::string, double>& ns() const { return ns_; }
