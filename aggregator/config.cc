@@ -103,6 +103,43 @@ absl::Status ReadPenalties(MapReader& root, ThermalPenalties* out) {
   return r.Finish();
 }
 
+absl::Status ReadLeaderboard(MapReader& root, LeaderboardConfig* out) {
+  absl::StatusOr<std::optional<MapReader>> child = root.Child("leaderboard");
+  if (!child.ok()) return child.status();
+  if (!child->has_value()) return absl::OkStatus();
+  MapReader& r = **child;
+  if (absl::Status s = r.Read("rank_event_min_delta", &out->rank_event_min_delta); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          CheckIntRange(r, "rank_event_min_delta", out->rank_event_min_delta, 1, 1'000'000);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = r.ReadDuration("rank_event_interval", &out->rank_event_interval); !s.ok()) {
+    return s;
+  }
+  if (out->rank_event_interval < absl::ZeroDuration() ||
+      out->rank_event_interval > absl::Hours(24)) {
+    return r.Error("rank_event_interval", "must be between 0s and 24h");
+  }
+  if (absl::Status s = r.ReadDuration("baseline_window", &out->baseline_window); !s.ok()) {
+    return s;
+  }
+  if (out->baseline_window < absl::Hours(1) || out->baseline_window > absl::Hours(24 * 30)) {
+    return r.Error("baseline_window", "must be between 1h and 720h");
+  }
+  if (absl::Status s = r.Read("baseline_min_samples", &out->baseline_min_samples); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          CheckIntRange(r, "baseline_min_samples", out->baseline_min_samples, 1, 10'000'000);
+      !s.ok()) {
+    return s;
+  }
+  return r.Finish();
+}
+
 absl::Status ReadDatabase(MapReader& root, std::string* url) {
   absl::StatusOr<std::optional<MapReader>> child = root.Child("database");
   if (!child.ok()) return child.status();
@@ -135,6 +172,7 @@ absl::StatusOr<AggregatorConfig> ParseDocument(const YAML::Node& doc) {
     return r.Error("stale_after_min", "must be between 1s and 1h");
   }
   if (absl::Status s = ReadPenalties(r, &c.thermal_penalties); !s.ok()) return s;
+  if (absl::Status s = ReadLeaderboard(r, &c.leaderboard); !s.ok()) return s;
 
   if (absl::Status s = r.Read("max_frame_bytes", &c.max_frame_bytes); !s.ok()) return s;
   if (absl::Status s = CheckIntRange(r, "max_frame_bytes", c.max_frame_bytes, 1024, 4 << 20);

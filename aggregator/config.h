@@ -50,6 +50,19 @@ struct RetentionConfig {
   int64_t days_ahead = 2;
 };
 
+// Leaderboard events and baselines (docs/api.md, "Leaderboard"; docs/wes.md, "Baseline loss").
+struct LeaderboardConfig {
+  // A rank-change event needs a move of at least this many places. Default 1; 1..1000000.
+  int64_t rank_event_min_delta = 1;
+  // At most one rank-change event per node and leaderboard per this interval. Default 60s;
+  // 0..24h (0: no limit).
+  absl::Duration rank_event_interval = absl::Seconds(60);
+  // The span of the baseline median. Default 24h; 1h..30 days.
+  absl::Duration baseline_window = absl::Hours(24);
+  // Fewest eligible samples in the window for a baseline. Default 30; 1..10000000.
+  int64_t baseline_min_samples = 30;
+};
+
 struct AggregatorConfig {
   // gRPC listen address "host:port" (Ingest, Router, Fleet, health, reflection). Port 0 picks a
   // free port (logged, and available from the server). Default "0.0.0.0:7470".
@@ -69,6 +82,7 @@ struct AggregatorConfig {
   // The fleet's thermal penalty table; every WES served by this aggregator is recomputed with
   // it. Each >= 1 and non-decreasing from normal to critical. Defaults 1.0/1.25/1.75/2.0.
   ThermalPenalties thermal_penalties;
+  LeaderboardConfig leaderboard;
   // Largest serialized frame accepted. Default 65536; 1024..4194304.
   int64_t max_frame_bytes = 65536;
   // trace|debug|info|warn|error|off. Default info.

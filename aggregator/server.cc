@@ -33,6 +33,16 @@ StalenessPolicy PolicyFrom(const AggregatorConfig& c) {
   return StalenessPolicy{c.stale_after, c.stale_after_min};
 }
 
+FleetStateOptions FleetOptionsFrom(const AggregatorConfig& c, const StalenessPolicy& policy) {
+  FleetStateOptions o;
+  o.staleness = policy;
+  o.rank_event_min_delta = static_cast<uint32_t>(c.leaderboard.rank_event_min_delta);
+  o.rank_event_interval = c.leaderboard.rank_event_interval;
+  o.baseline.window = c.leaderboard.baseline_window;
+  o.baseline.min_samples = static_cast<uint32_t>(c.leaderboard.baseline_min_samples);
+  return o;
+}
+
 }  // namespace
 
 AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, ServerOptions options)
@@ -40,6 +50,7 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       clock_(clock),
       options_(options),
       policy_(PolicyFrom(config_)),
+      state_(FleetOptionsFrom(config_, policy_)),
       batch_store_(config_.database_url, config_.retention, clock_,
                    config_.writer.frames_copy == "staged" ? PgBatchStore::Mode::kStaged
                                                           : PgBatchStore::Mode::kDirect),
@@ -51,7 +62,10 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
                       IngestOptions{config_.max_frame_bytes, config_.thermal_penalties,
                                     absl::Hours(24 * config_.retention.frames_days)}),
       router_service_(&state_, clock_, policy_, &metrics_),
-      fleet_service_(&queries_, &metrics_, &events_, clock_) {}
+      fleet_service_(&queries_, &metrics_, &events_, clock_) {
+  // Rank changes, thermal transitions and nodes going stale reach the events table and watchers.
+  state_.SetEventSink(&events_);
+}
 
 AggregatorServer::~AggregatorServer() { Stop(); }
 
@@ -124,6 +138,7 @@ absl::Status AggregatorServer::Start(absl::Notification* stop) {
   events_.Start();
   started_ = true;
   retention_thread_ = std::thread([this] { RunRetention(); });
+  sweep_thread_ = std::thread([this] { RunSweep(); });
 
   if (absl::Status s = StartGrpc(); !s.ok()) return s;
   // Reflect grpc_listen ":0" and friends back with the real port.
@@ -185,12 +200,17 @@ void AggregatorServer::RunRetention() {
   }
 }
 
+void AggregatorServer::RunSweep() {
+  while (!clock_->WaitFor(options_.sweep_interval, &retention_stop_)) state_.Sweep(clock_->Now());
+}
+
 void AggregatorServer::Stop() {
   if (stopped_) return;
   stopped_ = true;
   auto log = Logger("aggregator");
   retention_stop_.Notify();
   if (retention_thread_.joinable()) retention_thread_.join();
+  if (sweep_thread_.joinable()) sweep_thread_.join();
   // Open WatchLeaderboard streams end now rather than at the end of the grace period.
   events_.CloseWatchers();
   if (grpc_ != nullptr) {

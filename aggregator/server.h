@@ -34,6 +34,8 @@ struct ServerOptions {
   BackoffOptions startup_backoff;
   // How long in-flight calls get to finish at Stop before they are cancelled.
   absl::Duration shutdown_grace = absl::Seconds(1);
+  // Period of FleetState::Sweep (stale nodes leave the ranked indexes).
+  absl::Duration sweep_interval = absl::Seconds(1);
 };
 
 class AggregatorServer {
@@ -65,6 +67,8 @@ class AggregatorServer {
   absl::Status StartGrpc();
   // The retention thread: a partition maintenance pass every retention.check_interval.
   void RunRetention();
+  // The sweep thread: FleetState::Sweep every options_.sweep_interval.
+  void RunSweep();
 
   const AggregatorConfig config_;
   Clock* const clock_;
@@ -85,8 +89,9 @@ class AggregatorServer {
   std::unique_ptr<HttpServer> http_;
   int grpc_port_ = 0;
   bool started_ = false;
-  absl::Notification retention_stop_;
+  absl::Notification retention_stop_;  // stops the retention and the sweep threads
   std::thread retention_thread_;
+  std::thread sweep_thread_;
   bool stopped_ = false;
 };
 

@@ -117,7 +117,7 @@ absl::StatusOr<v1::LeaderboardResponse> FleetQueries::Leaderboard(
   }
   const size_t limit =
       r.limit() == 0 ? kLeaderboardDefaultLimit : std::min<size_t>(r.limit(), kLeaderboardMaxLimit);
-  return BuildLeaderboard(state_->Snapshot(), r.model(), clock_->Now(), policy_, limit);
+  return state_->Leaderboard(r.model(), clock_->Now(), limit);
 }
 
 v1::NodeSummary FleetQueries::Summary(const NodeState& node, absl::Time now) const {

@@ -1,11 +1,87 @@
 #include "aggregator/fleet/fleet_state.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "aggregator/fleet/leaderboard.h"
 #include "aggregator/proto_time.h"
+#include "common/wes.h"
 
 namespace fleetwes::aggregator {
+
+namespace {
+
+// How often a (node, leaderboard)'s cached baseline median is recomputed at most.
+constexpr absl::Duration kBaselineRefresh = absl::Minutes(1);
+// rank_1h_ago takes the latest history point at or before an hour ago, if it is at most this
+// much older.
+constexpr int64_t kRankAgoToleranceMinutes = 10;
+
+int64_t MinuteOf(absl::Time t) {
+  const int64_t s = absl::ToUnixSeconds(t);
+  return s / 60 - (s % 60 < 0 ? 1 : 0);
+}
+
+std::string BoardName(const std::string& board_key) {
+  return board_key.empty() ? std::string("the fleet") : board_key;
+}
+
+std::string RankName(uint32_t rank) {
+  return rank == 0 ? std::string("unranked") : absl::StrCat("#", rank);
+}
+
+bool HasRankableValue(const v1::Wes& wes) {
+  return wes.has_penalized() && wes.has_raw() && std::isfinite(wes.penalized()) &&
+         std::isfinite(wes.raw());
+}
+
+v1::Event MakeEvent(absl::Time t, const std::string& node_id, const std::string& model,
+                    v1::EventKind kind) {
+  v1::Event e;
+  *e.mutable_time() = ToProtoTime(t);
+  e.set_node_id(node_id);
+  e.set_model(model);
+  e.set_kind(kind);
+  return e;
+}
+
+v1::Event RankEvent(absl::Time t, const std::string& node_id, const std::string& board_key,
+                    uint32_t old_rank, uint32_t new_rank) {
+  v1::Event e = MakeEvent(t, node_id, board_key, v1::EVENT_KIND_RANK_CHANGE);
+  e.set_old_rank(old_rank);
+  e.set_new_rank(new_rank);
+  e.set_message(absl::StrCat(node_id, " ", RankName(old_rank), " -> ", RankName(new_rank), " on ",
+                             BoardName(board_key)));
+  return e;
+}
+
+v1::Event StaleEvent(absl::Time t, const std::string& node_id, const std::string& board_key,
+                     uint32_t old_rank) {
+  v1::Event e = MakeEvent(t, node_id, board_key, v1::EVENT_KIND_STALE);
+  e.set_old_rank(old_rank);
+  e.set_new_rank(0);
+  e.set_message(
+      absl::StrCat(node_id, " went stale on ", BoardName(board_key),
+                   old_rank == 0 ? std::string() : absl::StrCat(" (was #", old_rank, ")")));
+  return e;
+}
+
+v1::Event ThermalEvent(absl::Time t, const std::string& node_id, const std::string& model,
+                       v1::ThermalState from, v1::ThermalState to) {
+  v1::Event e = MakeEvent(t, node_id, model, v1::EVENT_KIND_THERMAL_CHANGE);
+  e.set_old_thermal_state(from);
+  e.set_new_thermal_state(to);
+  e.set_message(absl::StrCat(node_id, model.empty() ? std::string() : absl::StrCat(" ", model),
+                             " thermal ", std::string(ThermalStateName(from)), " -> ",
+                             std::string(ThermalStateName(to))));
+  return e;
+}
+
+}  // namespace
 
 absl::Duration StalenessPolicy::Threshold(double interval_s) const {
   if (!(interval_s > 0)) return min;
@@ -55,36 +131,76 @@ void FleetState::ApplyHello(const v1::Hello& hello, absl::Time received_at) {
   nodes_[hello.node_id()] = std::move(next);
 }
 
+FleetState::FleetState(FleetStateOptions options) : options_(std::move(options)) {}
+
 void FleetState::ApplyFrame(std::shared_ptr<const v1::Frame> frame, absl::Time received_at) {
+  std::vector<v1::Event> events;
+  {
+    absl::MutexLock lock(&mu_);
+    ApplyFrameLocked(std::move(frame), received_at, /*emit=*/true, &events);
+  }
+  Publish(std::move(events));
+}
+
+void FleetState::ApplyFrameLocked(std::shared_ptr<const v1::Frame> frame, absl::Time received_at,
+                                  bool emit, std::vector<v1::Event>* events) {
   const absl::Time window_end = FromProtoTime(frame->window_end());
-  absl::MutexLock lock(&mu_);
   auto it = nodes_.find(frame->node_id());
-  auto next =
-      it == nodes_.end() ? std::make_shared<NodeState>() : std::make_shared<NodeState>(*it->second);
-  if (it == nodes_.end()) {
+  const NodeStatePtr prev = it == nodes_.end() ? nullptr : it->second;
+  auto next = prev == nullptr ? std::make_shared<NodeState>() : std::make_shared<NodeState>(*prev);
+  if (prev == nullptr) {
     next->node_id = frame->node_id();
     next->boot_id = frame->boot_id();
     next->first_seen = received_at;
   }
   next->last_seen = std::max(next->last_seen, received_at);
   if (next->latest == nullptr || window_end >= next->window_end) {
-    // The representative sample per model: highest decode tokens/s within this frame.
+    const std::string& node_id = next->node_id;
+    const bool pressure = frame->system().memory_pressure();
+    const absl::Time expiry = window_end + options_.staleness.Threshold(frame->interval_s());
+    // The same frame again (a duplicate delivery) must not count twice in baselines.
+    const bool repeat = prev != nullptr && prev->latest != nullptr &&
+                        prev->latest->boot_id() == frame->boot_id() &&
+                        prev->latest->seq() == frame->seq();
+    // The representative sample per model: highest decode tokens/s within this frame, samples
+    // of the synthetic probe only when the model has no other.
     std::map<std::string, const v1::ModelSample*> best;
     for (const v1::ModelSample& m : frame->models()) {
       const v1::ModelSample*& slot = best[m.model()];
-      if (slot == nullptr || m.decode_tokens_per_s() > slot->decode_tokens_per_s()) slot = &m;
+      if (slot == nullptr || (slot->synthetic() && !m.synthetic()) ||
+          (slot->synthetic() == m.synthetic() &&
+           m.decode_tokens_per_s() > slot->decode_tokens_per_s())) {
+        slot = &m;
+      }
     }
+    if (emit && prev != nullptr && prev->latest != nullptr &&
+        prev->latest->thermal_state() != frame->thermal_state()) {
+      events->push_back(ThermalEvent(received_at, node_id, "", prev->latest->thermal_state(),
+                                     frame->thermal_state()));
+    }
+    UpdateBoard("", node_id, frame->node_wes(), expiry,
+                !repeat && frame->thermal_state() == v1::THERMAL_STATE_NORMAL && !pressure,
+                received_at, emit, events);
     for (const auto& [model, sample] : best) {
       ModelState& ms = next->models[model];
+      if (emit && ms.window_end != absl::Time() &&
+          ms.sample.wes().thermal_state() != sample->wes().thermal_state()) {
+        events->push_back(ThermalEvent(received_at, node_id, model, ms.sample.wes().thermal_state(),
+                                       sample->wes().thermal_state()));
+      }
       ms.sample = *sample;
       ms.window_end = window_end;
       ms.interval_s = frame->interval_s();
       ms.node_thermal_state = frame->thermal_state();
-      ms.memory_pressure = frame->system().memory_pressure();
+      ms.memory_pressure = pressure;
       if (sample->wes().has_penalized()) {
         ms.last_wes = sample->wes();
         ms.last_wes_window_end = window_end;
       }
+      UpdateBoard(model, node_id, sample->wes(), expiry,
+                  !repeat && sample->wes().thermal_state() == v1::THERMAL_STATE_NORMAL &&
+                      !pressure && !sample->synthetic(),
+                  received_at, emit, events);
     }
     if (frame->boot_id() != next->boot_id) {
       // A newer boot: the identity its Hello brought takes over.
@@ -109,17 +225,241 @@ void FleetState::ApplyFrame(std::shared_ptr<const v1::Frame> frame, absl::Time r
   nodes_[next->node_id] = std::move(next);
 }
 
+void FleetState::UpdateBoard(const std::string& board_key, const std::string& node_id,
+                             const v1::Wes& wes, absl::Time expiry, bool baseline_eligible,
+                             absl::Time now, bool emit, std::vector<v1::Event>* events) {
+  Board& b = boards_[board_key];
+  Track& t = tracks_[node_id][board_key];
+  const bool rankable = expiry >= now && HasRankableValue(wes);
+  uint32_t old_rank = 0;
+  uint32_t new_rank = 0;
+  if (rankable) {
+    const auto [before, after] = b.ranked.Move(node_id, wes.penalized(), wes.raw());
+    old_rank = static_cast<uint32_t>(before);
+    new_rank = static_cast<uint32_t>(after);
+  } else {
+    old_rank = static_cast<uint32_t>(b.ranked.Remove(node_id));
+  }
+  if (auto v = b.valueless.find(node_id); v != b.valueless.end()) b.valueless.erase(v);
+  if (auto v = b.swept.find(node_id); v != b.swept.end()) b.swept.erase(v);
+  if (auto e = b.expiry_of.find(node_id); e != b.expiry_of.end()) {
+    b.expiry.erase(std::make_pair(e->second, node_id));
+    b.expiry_of.erase(e);
+  }
+  if (expiry < now) {
+    // Stale on arrival (a late replay that is still the node's latest window).
+    b.swept.insert(node_id);
+    if (emit && old_rank != 0) events->push_back(StaleEvent(now, node_id, board_key, old_rank));
+  } else {
+    b.expiry.emplace(expiry, node_id);
+    b.expiry_of.emplace(node_id, expiry);
+    if (!rankable) b.valueless.insert(node_id);
+    if (emit && old_rank != new_rank) {
+      const uint32_t delta =
+          (old_rank == 0 || new_rank == 0)
+              ? std::numeric_limits<uint32_t>::max()
+              : (old_rank > new_rank ? old_rank - new_rank : new_rank - old_rank);
+      if (delta >= options_.rank_event_min_delta &&
+          (options_.rank_event_interval <= absl::ZeroDuration() ||
+           now - t.last_rank_event >= options_.rank_event_interval)) {
+        events->push_back(RankEvent(now, node_id, board_key, old_rank, new_rank));
+        t.last_rank_event = now;
+      }
+    }
+  }
+  RecordRank(&t, new_rank, now);
+  if (baseline_eligible && wes.has_raw()) t.baseline.Add(now, wes.raw(), options_.baseline);
+  if (!t.baseline_raw.has_value() || now - t.baseline_computed >= kBaselineRefresh) {
+    t.baseline_raw = t.baseline.Median(now, options_.baseline);
+    t.baseline_computed = now;
+  }
+}
+
+void FleetState::RecordRank(Track* t, uint32_t rank, absl::Time now) {
+  if (rank != t->rank) {
+    t->previous_rank = t->rank > 0 ? std::optional<uint32_t>(t->rank) : std::nullopt;
+    t->rank = rank;
+  }
+  const int64_t minute = MinuteOf(now);
+  if (!t->points.empty() && t->points.back().minute == minute) {
+    t->points.back().rank = rank;
+  } else if (t->points.empty() || minute > t->points.back().minute) {
+    t->points.push_back(RankPoint{minute, rank});
+    if (t->points.size() > kRankHistoryPoints) t->points.erase(t->points.begin());
+  }
+}
+
+std::optional<uint32_t> FleetState::RankAgo(const Track& t, absl::Time now) {
+  const int64_t target = MinuteOf(now) - 60;
+  for (auto p = t.points.rbegin(); p != t.points.rend(); ++p) {
+    if (p->minute > target) continue;
+    if (p->minute < target - kRankAgoToleranceMinutes || p->rank == 0) return std::nullopt;
+    return p->rank;
+  }
+  return std::nullopt;
+}
+
 void FleetState::Restore(NodeState node) {
   std::shared_ptr<const v1::Frame> frame = std::move(node.latest);
   node.latest = nullptr;
   node.models.clear();
   const absl::Time received = node.last_seen;
   const std::string node_id = node.node_id;
+  std::vector<v1::Event> unused;
+  absl::MutexLock lock(&mu_);
+  nodes_[node_id] = std::make_shared<NodeState>(std::move(node));
+  if (frame != nullptr) ApplyFrameLocked(std::move(frame), received, /*emit=*/false, &unused);
+}
+
+size_t FleetState::Sweep(absl::Time now) {
+  std::vector<v1::Event> events;
   {
     absl::MutexLock lock(&mu_);
-    nodes_[node_id] = std::make_shared<NodeState>(std::move(node));
+    for (auto& [board_key, b] : boards_) {
+      while (!b.expiry.empty() && b.expiry.begin()->first < now) {
+        std::string node_id = std::move(b.expiry.extract(b.expiry.begin()).value().second);
+        b.expiry_of.erase(node_id);
+        const uint32_t old_rank = static_cast<uint32_t>(b.ranked.Remove(node_id));
+        if (auto v = b.valueless.find(node_id); v != b.valueless.end()) b.valueless.erase(v);
+        RecordRank(&tracks_[node_id][board_key], 0, now);
+        events.push_back(StaleEvent(now, node_id, board_key, old_rank));
+        b.swept.insert(std::move(node_id));
+      }
+    }
   }
-  if (frame != nullptr) ApplyFrame(std::move(frame), received);
+  const size_t swept = events.size();
+  Publish(std::move(events));
+  return swept;
+}
+
+void FleetState::Publish(std::vector<v1::Event> events) {
+  if (events.empty()) return;
+  EventSink* sink = sink_.load(std::memory_order_acquire);
+  if (sink != nullptr) sink->Publish(std::move(events));
+}
+
+FleetState::Listed FleetState::ListedLocked(const std::string& node_id,
+                                            const std::string& board_key, uint32_t rank,
+                                            absl::Time now) const {
+  Listed l;
+  l.rank = rank;
+  if (auto n = nodes_.find(node_id); n != nodes_.end()) l.node = n->second;
+  auto tn = tracks_.find(node_id);
+  if (tn == tracks_.end()) return l;
+  auto tb = tn->second.find(board_key);
+  if (tb == tn->second.end()) return l;
+  const Track& t = tb->second;
+  l.previous_rank = t.previous_rank;
+  l.rank_1h_ago = RankAgo(t, now);
+  l.baseline_raw = t.baseline_raw;
+  return l;
+}
+
+v1::LeaderboardResponse FleetState::Leaderboard(absl::string_view model, absl::Time now,
+                                                size_t limit) const {
+  const std::string board_key(model);
+  std::vector<Listed> ranked;
+  std::vector<Listed> unranked;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto bit = boards_.find(board_key);
+    if (bit != boards_.end()) {
+      const Board& b = bit->second;
+      // Gone stale since the last sweep: skipped here, listed as stale.
+      std::vector<absl::string_view> gone;
+      for (auto e = b.expiry.begin(); e != b.expiry.end() && e->first < now; ++e) {
+        gone.push_back(e->second);
+      }
+      const absl::flat_hash_set<absl::string_view> gone_set(gone.begin(), gone.end());
+      ranked.reserve(std::min(limit, b.ranked.size()));
+      uint32_t rank = 0;
+      b.ranked.ForEach([&](const RankIndex::Entry& e) {
+        if (ranked.size() >= limit) return false;
+        if (!gone_set.contains(e.node_id)) {
+          ranked.push_back(ListedLocked(e.node_id, board_key, ++rank, now));
+        }
+        return true;
+      });
+      for (const std::string& id : b.valueless) {
+        if (unranked.size() >= limit) break;
+        if (!gone_set.contains(id)) unranked.push_back(ListedLocked(id, board_key, 0, now));
+      }
+      // Then the stale ones by node id: swept and gone merged.
+      std::sort(gone.begin(), gone.end());
+      auto s = b.swept.begin();
+      auto g = gone.begin();
+      while (unranked.size() < limit && (s != b.swept.end() || g != gone.end())) {
+        if (g == gone.end() || (s != b.swept.end() && absl::string_view(*s) < *g)) {
+          unranked.push_back(ListedLocked(*s++, board_key, 0, now));
+        } else {
+          unranked.push_back(ListedLocked(std::string(*g++), board_key, 0, now));
+        }
+      }
+    }
+  }
+  v1::LeaderboardResponse out;
+  out.set_model(board_key);
+  auto fill = [&](const Listed& l, v1::LeaderboardEntry* e) {
+    if (l.node == nullptr || !FillLeaderboardEntry(*l.node, model, now, options_.staleness, e)) {
+      return false;
+    }
+    if (l.rank > 0) e->set_rank(l.rank);
+    if (l.previous_rank.has_value()) e->set_previous_rank(*l.previous_rank);
+    if (l.rank_1h_ago.has_value()) e->set_rank_1h_ago(*l.rank_1h_ago);
+    if (l.baseline_raw.has_value() && e->wes().has_penalized()) {
+      if (std::optional<double> loss = BaselineLossPct(*l.baseline_raw, e->wes().penalized())) {
+        e->set_baseline_loss_pct(*loss);
+      }
+    }
+    return true;
+  };
+  for (const Listed& l : ranked) {
+    if (!fill(l, out.add_entries())) out.mutable_entries()->RemoveLast();
+  }
+  for (const Listed& l : unranked) {
+    if (!fill(l, out.add_unranked())) out.mutable_unranked()->RemoveLast();
+  }
+  *out.mutable_as_of() = ToProtoTime(now);
+  return out;
+}
+
+uint32_t FleetState::RankOf(absl::string_view node_id, absl::string_view model) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto bit = boards_.find(model);
+  return bit == boards_.end() ? 0 : static_cast<uint32_t>(bit->second.ranked.Rank(node_id));
+}
+
+std::optional<double> FleetState::BaselineOf(absl::string_view node_id, absl::string_view model,
+                                             absl::Time now) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto tn = tracks_.find(node_id);
+  if (tn == tracks_.end()) return std::nullopt;
+  auto tb = tn->second.find(model);
+  if (tb == tn->second.end()) return std::nullopt;
+  return tb->second.baseline.Median(now, options_.baseline);
+}
+
+std::vector<NodeStatePtr> FleetState::ServingModel(absl::string_view model) const {
+  std::vector<NodeStatePtr> out;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto bit = boards_.find(model);
+    if (bit == boards_.end()) return out;
+    const Board& b = bit->second;
+    out.reserve(b.ranked.size() + b.valueless.size() + b.swept.size());
+    auto add = [&](const std::string& id) {
+      if (auto n = nodes_.find(id); n != nodes_.end()) out.push_back(n->second);
+    };
+    b.ranked.ForEach([&](const RankIndex::Entry& e) {
+      add(e.node_id);
+      return true;
+    });
+    for (const std::string& id : b.valueless) add(id);
+    for (const std::string& id : b.swept) add(id);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const NodeStatePtr& a, const NodeStatePtr& b) { return a->node_id < b->node_id; });
+  return out;
 }
 
 std::vector<NodeStatePtr> FleetState::Snapshot() const {

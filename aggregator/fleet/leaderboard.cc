@@ -22,7 +22,65 @@ void FillCommon(const NodeState& node, absl::Duration age, bool stale, v1::Leade
   e->set_stale(stale);
 }
 
+int ScopeWidth(int scope) {
+  switch (scope) {
+    case v1::POWER_SCOPE_WALL:
+      return 5;
+    case v1::POWER_SCOPE_SOC:
+      return 4;
+    case v1::POWER_SCOPE_CPU_PACKAGE:
+      return 3;
+    case v1::POWER_SCOPE_GPU_BOARD:
+      return 2;
+    case v1::POWER_SCOPE_DRAM:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
 }  // namespace
+
+v1::PowerScope WidestPowerScope(const v1::Wes& wes) {
+  v1::PowerScope widest = v1::POWER_SCOPE_UNSPECIFIED;
+  for (int scope : wes.power_scopes()) {
+    if (ScopeWidth(scope) > ScopeWidth(widest)) widest = static_cast<v1::PowerScope>(scope);
+  }
+  return widest;
+}
+
+bool FillLeaderboardEntry(const NodeState& node, absl::string_view model, absl::Time now,
+                          const StalenessPolicy& policy, v1::LeaderboardEntry* e) {
+  if (node.latest == nullptr) return false;
+  if (model.empty()) {
+    const v1::Frame& f = *node.latest;
+    const absl::Duration age = AgeOf(node.window_end, now);
+    FillCommon(node, age, age > policy.Threshold(node.interval_s), e);
+    *e->mutable_wes() = f.node_wes();
+    e->set_thermal_state(f.thermal_state());
+    e->set_tokens_per_s(f.node_wes().tokens_per_s());
+    e->set_memory_pressure(f.system().memory_pressure());
+  } else {
+    auto it = node.models.find(std::string(model));
+    if (it == node.models.end()) return false;
+    const ModelState& ms = it->second;
+    const v1::ModelSample& m = ms.sample;
+    const absl::Duration age = AgeOf(ms.window_end, now);
+    FillCommon(node, age, age > policy.Threshold(ms.interval_s), e);
+    e->set_model(std::string(model));
+    *e->mutable_wes() = m.wes();
+    e->set_thermal_state(m.wes().thermal_state());
+    e->set_tokens_per_s(m.has_decode_tokens_per_s() ? m.decode_tokens_per_s()
+                                                    : m.wes().tokens_per_s());
+    if (m.ttft().has_p95_s()) e->set_ttft_p95_s(m.ttft().p95_s());
+    if (m.tpot().has_p95_s()) e->set_tpot_p95_s(m.tpot().p95_s());
+    if (m.has_requests_waiting()) e->set_queue(m.requests_waiting());
+    if (m.has_kv_cache_usage()) e->set_kv_cache_usage(m.kv_cache_usage());
+    e->set_memory_pressure(ms.memory_pressure);
+  }
+  e->set_power_scope(WidestPowerScope(e->wes()));
+  return true;
+}
 
 v1::LeaderboardResponse BuildLeaderboard(const std::vector<NodeStatePtr>& nodes,
                                          absl::string_view model, absl::Time now,
@@ -30,34 +88,8 @@ v1::LeaderboardResponse BuildLeaderboard(const std::vector<NodeStatePtr>& nodes,
   std::vector<v1::LeaderboardEntry> ranked;
   std::vector<v1::LeaderboardEntry> unranked;
   for (const NodeStatePtr& node : nodes) {
-    if (node->latest == nullptr) continue;
     v1::LeaderboardEntry e;
-    if (model.empty()) {
-      const v1::Frame& f = *node->latest;
-      const absl::Duration age = AgeOf(node->window_end, now);
-      FillCommon(*node, age, age > policy.Threshold(node->interval_s), &e);
-      *e.mutable_wes() = f.node_wes();
-      e.set_thermal_state(f.thermal_state());
-      e.set_tokens_per_s(f.node_wes().tokens_per_s());
-      e.set_memory_pressure(f.system().memory_pressure());
-    } else {
-      auto it = node->models.find(std::string(model));
-      if (it == node->models.end()) continue;
-      const ModelState& ms = it->second;
-      const v1::ModelSample& m = ms.sample;
-      const absl::Duration age = AgeOf(ms.window_end, now);
-      FillCommon(*node, age, age > policy.Threshold(ms.interval_s), &e);
-      e.set_model(std::string(model));
-      *e.mutable_wes() = m.wes();
-      e.set_thermal_state(m.wes().thermal_state());
-      e.set_tokens_per_s(m.has_decode_tokens_per_s() ? m.decode_tokens_per_s()
-                                                     : m.wes().tokens_per_s());
-      if (m.ttft().has_p95_s()) e.set_ttft_p95_s(m.ttft().p95_s());
-      if (m.tpot().has_p95_s()) e.set_tpot_p95_s(m.tpot().p95_s());
-      if (m.has_requests_waiting()) e.set_queue(m.requests_waiting());
-      if (m.has_kv_cache_usage()) e.set_kv_cache_usage(m.kv_cache_usage());
-      e.set_memory_pressure(ms.memory_pressure);
-    }
+    if (!FillLeaderboardEntry(*node, model, now, policy, &e)) continue;
     if (e.stale() || !e.wes().has_penalized()) {
       unranked.push_back(std::move(e));
     } else {

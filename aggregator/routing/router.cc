@@ -264,12 +264,7 @@ double PredictedLatencyS(const ModelState& ms) {
 }
 
 std::vector<NodeStatePtr> CandidatesFor(const FleetState& state, absl::string_view model) {
-  std::vector<NodeStatePtr> nodes = state.Snapshot();
-  const std::string key(model);
-  nodes.erase(std::remove_if(nodes.begin(), nodes.end(),
-                             [&key](const NodeStatePtr& n) { return !n->models.contains(key); }),
-              nodes.end());
-  return nodes;
+  return state.ServingModel(model);
 }
 
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,

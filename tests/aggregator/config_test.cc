@@ -60,6 +60,11 @@ thermal_penalties:
   fair: 1.5
   serious: 2.5
   critical: 4
+leaderboard:
+  rank_event_min_delta: 2
+  rank_event_interval: 0s
+  baseline_window: 12h
+  baseline_min_samples: 100
 max_frame_bytes: 131072
 log_level: debug
 )");
@@ -83,6 +88,10 @@ log_level: debug
   EXPECT_EQ(c->retention.events_days, 45);
   EXPECT_EQ(c->retention.check_interval, absl::Minutes(10));
   EXPECT_EQ(c->retention.days_ahead, 3);
+  EXPECT_EQ(c->leaderboard.rank_event_min_delta, 2);
+  EXPECT_EQ(c->leaderboard.rank_event_interval, absl::ZeroDuration());
+  EXPECT_EQ(c->leaderboard.baseline_window, absl::Hours(12));
+  EXPECT_EQ(c->leaderboard.baseline_min_samples, 100);
 }
 
 TEST(ConfigTest, ErrorsNameTheKey) {
@@ -104,6 +113,9 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"retention:\n  keep: 3\n", "keep'"},
       {"stale_after: 0.5\n", "stale_after"},
       {"stale_after_min: 0s\n", "stale_after_min"},
+      {"leaderboard:\n  rank_event_min_delta: 0\n", "leaderboard.rank_event_min_delta"},
+      {"leaderboard:\n  baseline_window: 10m\n", "leaderboard.baseline_window"},
+      {"leaderboard:\n  baseline_min_samples: 0\n", "leaderboard.baseline_min_samples"},
       {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},
       {"thermal_penalties:\n  serious: 1.1\n", "thermal_penalties.serious"},
       {"max_frame_bytes: 10\n", "max_frame_bytes"},

@@ -8,6 +8,7 @@
 #include "aggregator/fleet/leaderboard.h"
 #include "aggregator/ingest/recompute_wes.h"
 #include "common/clock.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "tests/aggregator/test_frames.h"
 
 namespace fleetwes::aggregator {
@@ -36,8 +37,22 @@ class FleetTest : public ::testing::Test {
     Add("studio-01", {.tokens_per_s = 89, .watts = 60});
   }
 
+  // The snapshot leaderboard, checked against the fleet state's ranked index.
   v1::LeaderboardResponse Board(absl::string_view model = "", size_t limit = 100) {
-    return BuildLeaderboard(state_.Snapshot(), model, clock_.Now(), policy_, limit);
+    v1::LeaderboardResponse want =
+        BuildLeaderboard(state_.Snapshot(), model, clock_.Now(), policy_, limit);
+    v1::LeaderboardResponse got = state_.Leaderboard(model, clock_.Now(), limit);
+    for (auto* list : {got.mutable_entries(), got.mutable_unranked()}) {
+      for (v1::LeaderboardEntry& e : *list) {
+        e.clear_previous_rank();
+        e.clear_rank_1h_ago();
+        e.clear_baseline_loss_pct();
+      }
+    }
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(got, want))
+        << got.DebugString() << "\nwant:\n"
+        << want.DebugString();
+    return want;
   }
 
   FakeClock clock_{T0() + absl::Seconds(1)};
