@@ -416,11 +416,9 @@ TEST_F(WatchPgTest, WatchSendsTheBoardThenCoalescedUpdatesWithEvents) {
   EXPECT_EQ(first.leaderboard().entries(0).node_id(), "edge-1");
   EXPECT_EQ(first.events_size(), 0);
 
-  // A faster node joins and an event of the fleet board is published (a model's is not sent).
+  // A faster node joins: the fleet state publishes its rank change on the fleet board and on
+  // its model's board; the watch of the fleet board gets only the first.
   AddNode("edge-2", 1, 160);
-  server_->events().Publish(
-      {MakeEvent(clock_.Now(), "edge-2", "", v1::EVENT_KIND_RANK_CHANGE, 0, 1),
-       MakeEvent(clock_.Now(), "edge-2", "llama3-8b", v1::EVENT_KIND_RANK_CHANGE, 0, 1)});
   // The update comes once the coalescing second after the first board has passed.
   clock_.Advance(absl::Seconds(1));
   v1::LeaderboardUpdate update;
