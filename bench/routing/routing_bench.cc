@@ -11,9 +11,9 @@
 //   3. Pick p50/p99 latency at half the saturation QPS, open loop: calls start on a fixed
 //      schedule and latency counts from the scheduled start, so a stall is not hidden.
 // --candidates=index serves from per-model lists built once at start instead of asking the fleet
-// state's per-model index (CandidatesFor) on every call. Before the gRPC phases, Pick is also timed in process both ways.
-// Requests cycle through the models (objective EFFICIENCY, count 5, --mode). Prints figures and
-// ends with one JSON line:
+// state's per-model index (CandidatesFor) on every call. Before the gRPC phases, Pick is also timed
+// in process both ways. Requests cycle through the models (objective EFFICIENCY, count 5, --mode).
+// Prints figures and ends with one JSON line:
 //   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
