@@ -174,9 +174,11 @@ commands:
   profile ID [--model=M] [--since=T] [--step=D] [--limit=N] [-o table|json]
       One node's timeline for one model (default: its busiest in the range): tok/s, TTFT and
       TPOT p95, KV use, queue, thermal state, swapping, watts, WES. Explains a WES drop.
-  route --model=M [--objective=efficiency|latency|balanced] [-o table|json]
+  route --model=M [--objective=efficiency|latency|balanced] [--mode=ranked|one] [-o table|json]
       What Router.Pick answers a gateway: the recommendation, the efficiency and latency picks,
       ranked candidates with traffic weights, and excluded nodes with their reasons.
+      --mode=one: one node drawn by weight (power of two choices), as a gateway picking per
+      request would get it.
   nodes [-o table|json]
       Every known node: status, thermal state, node WES, models, last frame, labels.
   node ID [-o table|json]
@@ -264,9 +266,12 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
     if (options.model.empty()) return UsageError(err, "route needs --model");
     auto objective = ParseObjective(options.objective);
     if (!objective.ok()) return UsageError(err, objective.status().message());
+    auto mode = ParsePickMode(options.mode);
+    if (!mode.ok()) return UsageError(err, mode.status().message());
     v1::PickRequest req;
     req.set_model(options.model);
     req.set_objective(*objective);
+    req.set_mode(*mode);
     v1::PickResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, options.timeout);

@@ -29,6 +29,7 @@ struct CtlOptions {
   std::string model;  // leaderboard, events, history, profile (optional), route (required)
   int64_t limit = 0;  // leaderboard, events, history, profile; 0: the server's default
   std::string objective = "efficiency";
+  std::string mode = "ranked";  // route: ranked or one
   std::string output = "table";
   std::string node;   // events: only this node
   std::string kind;   // events: comma-separated rank_change, thermal_change, stale

@@ -31,6 +31,7 @@ ABSL_FLAG(std::string, since, "", "events, history, profile: RFC 3339 time or du
 ABSL_FLAG(absl::Duration, step, absl::ZeroDuration(), "history, profile: one point per step");
 ABSL_FLAG(bool, watch, false, "leaderboard: follow it as it changes");
 ABSL_FLAG(std::string, objective, "efficiency", "route: efficiency, latency or balanced");
+ABSL_FLAG(std::string, mode, "ranked", "route: ranked (candidates with weights) or one (one node)");
 ABSL_FLAG(std::string, o, "table", "output format: table or json");
 
 namespace {
@@ -121,6 +122,7 @@ int main(int argc, char** argv) {
   options.model = absl::GetFlag(FLAGS_model);
   options.limit = absl::GetFlag(FLAGS_limit);
   options.objective = absl::GetFlag(FLAGS_objective);
+  options.mode = absl::GetFlag(FLAGS_mode);
   options.output = absl::GetFlag(FLAGS_o);
   options.node = absl::GetFlag(FLAGS_node);
   options.kind = absl::GetFlag(FLAGS_kind);

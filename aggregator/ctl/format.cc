@@ -105,6 +105,13 @@ absl::StatusOr<v1::Objective> ParseObjective(absl::string_view s) {
       "--objective must be \"efficiency\", \"latency\" or \"balanced\", got \"", s, "\""));
 }
 
+absl::StatusOr<v1::PickMode> ParsePickMode(absl::string_view s) {
+  if (s == "ranked") return v1::PICK_MODE_RANKED;
+  if (s == "one") return v1::PICK_MODE_ONE;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--mode must be \"ranked\" or \"one\", got \"", s, "\""));
+}
+
 absl::StatusOr<std::string> ToJson(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
@@ -232,7 +239,12 @@ std::string PickTable(const v1::PickResponse& r) {
               c.reason().empty() ? std::string(kNone) : c.reason()});
   }
   out += "\n";
-  out += t.empty() ? std::string("no candidates\n") : t.Render();
+  // Mode ONE answers with the recommendation alone.
+  if (!t.empty()) {
+    out += t.Render();
+  } else if (!r.has_recommendation()) {
+    out += "no candidates\n";
+  }
   if (r.excluded_size() > 0) {
     absl::StrAppend(&out, "\nexcluded (", r.excluded_size(), "):\n");
     TextTable x({"NODE", "REASON"});

@@ -25,6 +25,8 @@ absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view s);
 
 // "efficiency", "latency" or "balanced"; InvalidArgument otherwise.
 absl::StatusOr<v1::Objective> ParseObjective(absl::string_view s);
+// "ranked" or "one" (Router.Pick's mode).
+absl::StatusOr<v1::PickMode> ParsePickMode(absl::string_view s);
 
 // One-line JSON of `m` (snake_case names, enums as names, default scalars printed, absent
 // optional values omitted). Internal if protobuf refuses the message.

@@ -191,6 +191,10 @@ TEST(FormatTest, ParsesOutputAndObjective) {
   EXPECT_EQ(*ParseObjective("latency"), v1::OBJECTIVE_LATENCY);
   EXPECT_EQ(*ParseObjective("balanced"), v1::OBJECTIVE_BALANCED);
   EXPECT_FALSE(ParseObjective("cheapest").ok());
+  EXPECT_EQ(*ParsePickMode("ranked"), v1::PICK_MODE_RANKED);
+  EXPECT_EQ(*ParsePickMode("one"), v1::PICK_MODE_ONE);
+  EXPECT_EQ(ParsePickMode("random").status().message(),
+            "--mode must be \"ranked\" or \"one\", got \"random\"");
 }
 
 TEST(PickTableTest, ShowsPicksCandidatesAndExclusions) {
@@ -361,11 +365,13 @@ TEST_F(RunCommandTest, ServerMessagesArePassedThrough) {
       .WillOnce(Invoke([](grpc::ClientContext*, const v1::PickRequest& req, v1::PickResponse*) {
         EXPECT_EQ(req.model(), "m9");
         EXPECT_EQ(req.objective(), v1::OBJECTIVE_LATENCY);
+        EXPECT_EQ(req.mode(), v1::PICK_MODE_ONE);
         return grpc::Status(grpc::StatusCode::NOT_FOUND,
                             "no node serves model m9 (2 nodes excluded: stale)");
       }));
   options_.model = "m9";
   options_.objective = "latency";
+  options_.mode = "one";
   EXPECT_EQ(Run({"route"}), kExitFailure);
   EXPECT_EQ(err_.str(), "fleetwesctl: no node serves model m9 (2 nodes excluded: stale)\n");
 
@@ -396,6 +402,10 @@ TEST_F(RunCommandTest, UsageErrorsExitWithTwoAndCallNothing) {
   options_.model = "m";
   options_.objective = "cheapest";
   EXPECT_EQ(Run({"route"}), kExitUsage);
+  options_.objective = "latency";
+  options_.mode = "random";
+  EXPECT_EQ(Run({"route"}), kExitUsage);
+  EXPECT_THAT(err_.str(), HasSubstr("--mode must be"));
   options_.output = "yaml";
   EXPECT_EQ(Run({"leaderboard"}), kExitUsage);
   options_.output = "table";
