@@ -128,7 +128,7 @@ void FleetState::ApplyHello(const v1::Hello& hello, absl::Time received_at) {
     if (next->latest == nullptr && hello.interval_s() > 0) next->interval_s = hello.interval_s();
   }
   if (pending.empty()) pending_.erase(hello.node_id());
-  nodes_[hello.node_id()] = std::move(next);
+  PutNodeLocked(std::move(next));
 }
 
 FleetState::FleetState(FleetStateOptions options) : options_(std::move(options)) {}
@@ -222,7 +222,15 @@ void FleetState::ApplyFrameLocked(std::shared_ptr<const v1::Frame> frame, absl::
     next->window_end = window_end;
     next->latest = std::move(frame);
   }
-  nodes_[next->node_id] = std::move(next);
+  PutNodeLocked(std::move(next));
+}
+
+void FleetState::PutNodeLocked(NodeStatePtr next) {
+  for (const auto& [model, unused] : next->models) {
+    if (auto bit = boards_.find(model); bit != boards_.end()) bit->second.serving.reset();
+  }
+  const std::string& id = next->node_id;
+  nodes_[id] = std::move(next);
 }
 
 void FleetState::UpdateBoard(const std::string& board_key, const std::string& node_id,
@@ -307,7 +315,7 @@ void FleetState::Restore(NodeState node) {
   const std::string node_id = node.node_id;
   std::vector<v1::Event> unused;
   absl::MutexLock lock(&mu_);
-  nodes_[node_id] = std::make_shared<NodeState>(std::move(node));
+  PutNodeLocked(std::make_shared<NodeState>(std::move(node)));
   if (frame != nullptr) ApplyFrameLocked(std::move(frame), received, /*emit=*/false, &unused);
 }
 
@@ -440,26 +448,40 @@ std::optional<double> FleetState::BaselineOf(absl::string_view node_id, absl::st
 }
 
 std::vector<NodeStatePtr> FleetState::ServingModel(absl::string_view model) const {
-  std::vector<NodeStatePtr> out;
+  return Serving(model)->nodes;
+}
+
+std::shared_ptr<const ServingSet> FleetState::Serving(absl::string_view model) const {
   {
     absl::ReaderMutexLock lock(&mu_);
     auto bit = boards_.find(model);
-    if (bit == boards_.end()) return out;
-    const Board& b = bit->second;
-    out.reserve(b.ranked.size() + b.valueless.size() + b.swept.size());
-    auto add = [&](const std::string& id) {
-      if (auto n = nodes_.find(id); n != nodes_.end()) out.push_back(n->second);
-    };
-    b.ranked.ForEach([&](const RankIndex::Entry& e) {
-      add(e.node_id);
-      return true;
-    });
-    for (const std::string& id : b.valueless) add(id);
-    for (const std::string& id : b.swept) add(id);
+    if (bit == boards_.end()) return std::make_shared<const ServingSet>();
+    if (bit->second.serving != nullptr) return bit->second.serving;
   }
-  std::sort(out.begin(), out.end(),
-            [](const NodeStatePtr& a, const NodeStatePtr& b) { return a->node_id < b->node_id; });
-  return out;
+  absl::MutexLock lock(&mu_);
+  auto bit = boards_.find(model);
+  if (bit == boards_.end()) return std::make_shared<const ServingSet>();
+  const Board& b = bit->second;
+  if (b.serving != nullptr) return b.serving;  // built by another reader meanwhile
+  auto set = std::make_shared<ServingSet>();
+  set->nodes.reserve(b.ranked.size() + b.valueless.size() + b.swept.size());
+  auto add = [&](const std::string& id) {
+    if (auto n = nodes_.find(id); n != nodes_.end()) set->nodes.push_back(n->second);
+  };
+  b.ranked.ForEach([&](const RankIndex::Entry& e) {
+    add(e.node_id);
+    return true;
+  });
+  for (const std::string& id : b.valueless) add(id);
+  for (const std::string& id : b.swept) add(id);
+  std::sort(set->nodes.begin(), set->nodes.end(),
+            [](const NodeStatePtr& x, const NodeStatePtr& y) { return x->node_id < y->node_id; });
+  const std::string key(model);
+  std::erase_if(set->nodes, [&key](const NodeStatePtr& n) { return !n->models.contains(key); });
+  set->models.reserve(set->nodes.size());
+  for (const NodeStatePtr& n : set->nodes) set->models.push_back(&n->models.find(key)->second);
+  b.serving = set;
+  return set;
 }
 
 std::vector<NodeStatePtr> FleetState::Snapshot() const {

@@ -112,6 +112,13 @@ struct NodeState {
 
 using NodeStatePtr = std::shared_ptr<const NodeState>;
 
+// The nodes serving one model at one moment, sorted by node id, with each node's state of that
+// model. Immutable once published; `nodes` keeps every pointed-to state alive.
+struct ServingSet {
+  std::vector<NodeStatePtr> nodes;
+  std::vector<const ModelState*> models;  // models[i] is nodes[i]'s state of the model
+};
+
 // Age of data whose window ended at `window_end`, never negative.
 absl::Duration AgeOf(absl::Time window_end, absl::Time now);
 
@@ -160,6 +167,10 @@ class FleetState {
   // The nodes with a sample of `model` (the ones its leaderboard lists, stale ones included),
   // sorted by node id.
   std::vector<NodeStatePtr> ServingModel(absl::string_view model) const;
+  // The same as a shared immutable set. Built on the first call after a change to one of the
+  // model's nodes and then shared by every caller until the next change, so repeated reads
+  // (routing) cost one pointer copy; never null.
+  std::shared_ptr<const ServingSet> Serving(absl::string_view model) const;
   // One node; null if unknown.
   NodeStatePtr Get(absl::string_view node_id) const;
   size_t size() const;
@@ -181,6 +192,8 @@ class FleetState {
     // When each unswept member's data goes stale: (window end + threshold, node id).
     std::set<std::pair<absl::Time, std::string>, std::less<>> expiry;
     absl::flat_hash_map<std::string, absl::Time> expiry_of;  // unswept members
+    // Serving()'s answer, until a member node's state changes (null: build on the next call).
+    mutable std::shared_ptr<const ServingSet> serving;
   };
   struct RankPoint {
     int64_t minute = 0;  // since the Unix epoch
@@ -217,6 +230,8 @@ class FleetState {
   Listed ListedLocked(const std::string& node_id, const std::string& board_key, uint32_t rank,
                       absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void Publish(std::vector<v1::Event> events);
+  // Stores a node's new state and drops the cached serving sets of the models it serves.
+  void PutNodeLocked(NodeStatePtr next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const FleetStateOptions options_;
   std::atomic<EventSink*> sink_{nullptr};

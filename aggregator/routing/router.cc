@@ -103,38 +103,61 @@ enum class Why : uint8_t {
   kTtft,
 };
 
-// Cheap: no allocation; Explain formats the reason only for the nodes that get one.
-Why Check(const NodeState& node, const ModelState& ms, const v1::Constraints& c, absl::Duration age,
+// Cheap: no allocation, reads the row (and the node's labels only when labels are required);
+// Explain formats the reason only for the nodes that get one.
+Why Check(const RouteRow& r, const v1::Constraints& c, absl::Duration age,
           const StalenessPolicy& policy) {
-  if (age > policy.Threshold(ms.interval_s)) return Why::kStale;
+  if (age > policy.Threshold(r.interval_s)) return Why::kStale;
   if (c.has_max_data_age_s() && absl::ToDoubleSeconds(age) > c.max_data_age_s()) {
     return Why::kDataAge;
   }
   for (const auto& [key, want] : c.required_labels()) {
-    auto it = node.labels.find(key);
-    if (it == node.labels.end() || it->second != want) return Why::kLabel;
+    auto it = r.node->labels.find(key);
+    if (it == r.node->labels.end() || it->second != want) return Why::kLabel;
   }
-  if (c.max_thermal_state() != v1::THERMAL_STATE_UNSPECIFIED &&
-      StateOf(ms) > c.max_thermal_state()) {
+  if (c.max_thermal_state() != v1::THERMAL_STATE_UNSPECIFIED && r.state > c.max_thermal_state()) {
     return Why::kThermal;
   }
-  const v1::ModelSample& m = ms.sample;
   if (c.has_min_kv_headroom()) {
-    if (!m.has_kv_cache_usage()) return Why::kKvNotReported;
-    if (1.0 - m.kv_cache_usage() < c.min_kv_headroom()) return Why::kKvHeadroom;
+    if (!r.has_kv) return Why::kKvNotReported;
+    if (1.0 - r.kv_cache_usage < c.min_kv_headroom()) return Why::kKvHeadroom;
   }
   if (c.has_max_queue()) {
-    if (!m.has_requests_waiting()) return Why::kQueueNotReported;
-    if (m.requests_waiting() > c.max_queue()) return Why::kQueue;
+    if (!r.has_waiting) return Why::kQueueNotReported;
+    if (r.waiting > c.max_queue()) return Why::kQueue;
   }
   if (c.has_max_ttft_s()) {
-    if (m.ttft().has_p95_s()) {
-      if (m.ttft().p95_s() > c.max_ttft_s()) return Why::kTtft;
-    } else if (!IsIdle(m)) {
+    if (r.has_ttft) {
+      if (r.ttft_p95_s > c.max_ttft_s()) return Why::kTtft;
+    } else if (!r.idle) {
       return Why::kTtftNotMeasured;
     }
   }
   return Why::kQualifies;
+}
+
+RouteRow RowOf(const NodeState& node, const ModelState& ms) {
+  const v1::ModelSample& m = ms.sample;
+  RouteRow r;
+  r.node = &node;
+  r.model = &ms;
+  r.window_end = ms.window_end;
+  r.interval_s = ms.interval_s;
+  r.has_kv = m.has_kv_cache_usage();
+  r.kv_cache_usage = m.kv_cache_usage();
+  r.has_waiting = m.has_requests_waiting();
+  r.waiting = m.requests_waiting();
+  r.has_ttft = m.ttft().has_p95_s();
+  r.ttft_p95_s = m.ttft().p95_s();
+  r.idle = IsIdle(m);
+  r.state = StateOf(ms);
+  r.latency_s = PredictedLatencyS(ms);
+  if (const v1::Wes* w = ScoringWes(ms); w != nullptr) {
+    r.has_wes = true;
+    r.wes = w->penalized();
+    r.wes_raw = w->raw();
+  }
+  return r;
 }
 
 std::string Explain(Why why, const NodeState& node, const ModelState& ms, const v1::Constraints& c,
@@ -194,6 +217,7 @@ struct Failed {
 struct Scored {
   const NodeState* node = nullptr;
   const ModelState* model = nullptr;
+  const RouteRow* row = nullptr;
   double age_s = 0;
   double wes = 0;  // penalized WES used for scoring; 0 when never measured
   bool has_wes = false;
@@ -274,9 +298,40 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
   return Pick(request, nodes, now, policy, gen);
 }
 
+RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_view model) {
+  RouteTable t;
+  t.rows.reserve(nodes.size());
+  t.keep.reserve(nodes.size());
+  const std::string key(model);
+  for (const NodeStatePtr& node : nodes) {
+    auto it = node->models.find(key);
+    if (it == node->models.end()) continue;
+    t.rows.push_back(RowOf(*node, it->second));
+    t.keep.push_back(node);
+  }
+  return t;
+}
+
+RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set) {
+  RouteTable t;
+  t.rows.reserve(set->nodes.size());
+  for (size_t i = 0; i < set->nodes.size(); ++i) {
+    t.rows.push_back(RowOf(*set->nodes[i], *set->models[i]));
+  }
+  t.set = std::move(set);
+  return t;
+}
+
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
                                       const std::vector<NodeStatePtr>& nodes, absl::Time now,
                                       const StalenessPolicy& policy, absl::BitGenRef gen) {
+  if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
+  return Pick(request, BuildRouteTable(nodes, request.model()), now, policy, gen);
+}
+
+absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request, const RouteTable& table,
+                                      absl::Time now, const StalenessPolicy& policy,
+                                      absl::BitGenRef gen) {
   if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
   const v1::Constraints& c = request.constraints();
   const v1::Objective objective = request.objective() == v1::OBJECTIVE_UNSPECIFIED
@@ -291,28 +346,24 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
 
   std::vector<Scored> scored;
   std::vector<Failed> failed;
-  scored.reserve(nodes.size());
-  for (const NodeStatePtr& node : nodes) {
-    auto it = node->models.find(request.model());
-    if (it == node->models.end()) continue;
-    const ModelState& ms = it->second;
-    const absl::Duration age = AgeOf(ms.window_end, now);
-    const Why why = !excluded_by_request.empty() && excluded_by_request.contains(node->node_id)
+  scored.reserve(table.rows.size());
+  for (const RouteRow& r : table.rows) {
+    const absl::Duration age = AgeOf(r.window_end, now);
+    const Why why = !excluded_by_request.empty() && excluded_by_request.contains(r.node->node_id)
                         ? Why::kExcludedByRequest
-                        : Check(*node, ms, c, age, policy);
+                        : Check(r, c, age, policy);
     if (why != Why::kQualifies) {
-      failed.push_back({node.get(), &ms, age, why});
+      failed.push_back({r.node, r.model, age, why});
       continue;
     }
     Scored s;
-    s.node = node.get();
-    s.model = &ms;
+    s.node = r.node;
+    s.model = r.model;
+    s.row = &r;
     s.age_s = absl::ToDoubleSeconds(age);
-    s.latency_s = PredictedLatencyS(ms);
-    if (const v1::Wes* w = ScoringWes(ms); w != nullptr) {
-      s.wes = w->penalized();
-      s.has_wes = true;
-    }
+    s.latency_s = r.latency_s;
+    s.wes = r.wes;
+    s.has_wes = r.has_wes;
     scored.push_back(s);
   }
 
@@ -362,14 +413,14 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
   // latency, then node id.
   const Scored* efficiency = nullptr;
   const Scored* latency = nullptr;
+  // The leaderboard's order (RanksAbove): penalized WES, then raw WES, then node id.
+  auto ranks_above = [](const Scored& a, const Scored& b) {
+    if (a.row->wes != b.row->wes) return a.row->wes > b.row->wes;
+    if (a.row->wes_raw != b.row->wes_raw) return a.row->wes_raw > b.row->wes_raw;
+    return a.node->node_id < b.node->node_id;
+  };
   for (const Scored& s : scored) {
-    if (s.has_wes) {
-      const v1::Wes* w = ScoringWes(*s.model);
-      if (efficiency == nullptr || RanksAbove(*w, s.node->node_id, *ScoringWes(*efficiency->model),
-                                              efficiency->node->node_id)) {
-        efficiency = &s;
-      }
-    }
+    if (s.has_wes && (efficiency == nullptr || ranks_above(s, *efficiency))) efficiency = &s;
     if (latency == nullptr || s.latency_s < latency->latency_s ||
         (s.latency_s == latency->latency_s && s.node->node_id < latency->node->node_id)) {
       latency = &s;

@@ -17,6 +17,7 @@
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/random/bit_gen_ref.h"
@@ -52,6 +53,41 @@ double PredictedLatencyS(const ModelState& model);
 // The nodes Pick looks at for `model`: every node with a sample of it, sorted by node id.
 std::vector<NodeStatePtr> CandidatesFor(const FleetState& state, absl::string_view model);
 
+// One node serving the model as Pick reads it: every value behind the constraints and the
+// scores, copied out of the node's state into one contiguous row, so that a Pick over hundreds
+// of nodes reads a cache line or two per node instead of chasing maps and protobuf messages.
+// `node` and `model` are read only for the nodes an answer lists.
+struct RouteRow {
+  const NodeState* node = nullptr;
+  const ModelState* model = nullptr;
+  absl::Time window_end;
+  double interval_s = 0;
+  double kv_cache_usage = 0;
+  double ttft_p95_s = 0;
+  double latency_s = 0;  // PredictedLatencyS
+  double wes = 0;        // penalized WES scored by (this window's, else the last measured)
+  double wes_raw = 0;
+  uint32_t waiting = 0;
+  v1::ThermalState state = v1::THERMAL_STATE_UNSPECIFIED;  // the model's, else the node's
+  bool has_kv = false;
+  bool has_waiting = false;
+  bool has_ttft = false;
+  bool idle = false;
+  bool has_wes = false;
+};
+
+// A model's rows in node id order; `keep` holds the states the rows point into.
+struct RouteTable {
+  std::vector<RouteRow> rows;
+  std::vector<NodeStatePtr> keep;
+  std::shared_ptr<const ServingSet> set;  // when built from one
+};
+
+// Rows of the nodes in `nodes` that serve `model` (others are skipped).
+RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_view model);
+// Rows of a serving set (FleetState::Serving).
+RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set);
+
 // `nodes`: the nodes serving the model (CandidatesFor); others are skipped. `gen` draws the
 // ONE-mode pick (a seeded generator makes it reproducible). INVALID_ARGUMENT for a bad request
 // (empty model, unknown enum, NaN, negative or out-of-range constraint, too many labels or
@@ -64,6 +100,10 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
                                       const std::vector<NodeStatePtr>& nodes, absl::Time now,
                                       const StalenessPolicy& policy);
+// The same answer over a model's table (BuildRouteTable); what the Router service calls.
+absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request, const RouteTable& table,
+                                      absl::Time now, const StalenessPolicy& policy,
+                                      absl::BitGenRef gen);
 
 }  // namespace fleetwes::aggregator
 

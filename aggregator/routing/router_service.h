@@ -1,14 +1,21 @@
-// Router.Pick over gRPC: the nodes serving the model (CandidatesFor) and the aggregator's clock
-// handed to Pick (routing/router.h). Thread-safe.
+// Router.Pick over gRPC: the nodes serving the model and the aggregator's clock handed to Pick
+// (routing/router.h). The model's route table is built from the fleet state's serving set
+// (FleetState::Serving) and kept until that set changes, so calls between two changes to the
+// model's nodes share one table. Thread-safe.
 #ifndef FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 
 #include <functional>
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "aggregator/fleet/fleet_state.h"
 #include "aggregator/metrics.h"
+#include "aggregator/routing/router.h"
 #include "common/clock.h"
 #include "fleetwes/v1/router.grpc.pb.h"
 
@@ -19,7 +26,8 @@ class RouterService final : public v1::Router::Service {
   // The nodes to pick from for a model; must be thread-safe.
   using CandidateSource = std::function<std::vector<NodeStatePtr>(absl::string_view model)>;
 
-  // Pointers must outlive the service. `candidates` defaults to CandidatesFor(*state, model).
+  // Pointers must outlive the service. `candidates`, when given, replaces the fleet state's
+  // serving sets (and the table cache) as the source of a model's nodes.
   RouterService(const FleetState* state, Clock* clock, StalenessPolicy policy,
                 AggregatorMetrics* metrics, CandidateSource candidates = nullptr);
 
@@ -31,7 +39,13 @@ class RouterService final : public v1::Router::Service {
   Clock* const clock_;
   const StalenessPolicy policy_;
   AggregatorMetrics* const metrics_;
+  // The table of a model's current serving set; rebuilt when the set changed.
+  std::shared_ptr<const RouteTable> TableFor(const std::string& model);
+
   const CandidateSource candidates_;
+  // Models seen in requests that some node serves; bounded by the models in the fleet.
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<const RouteTable>> tables_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace fleetwes::aggregator

@@ -14,6 +14,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "aggregator/ingest/recompute_wes.h"
+#include "aggregator/metrics.h"
+#include "aggregator/routing/router_service.h"
+#include "common/clock.h"
 #include "tests/aggregator/test_frames.h"
 
 namespace fleetwes::aggregator {
@@ -277,6 +280,65 @@ TEST_F(RouterTest, CandidatesForListsOnlyTheNodesServingTheModel) {
   EXPECT_EQ(nodes[0]->node_id, "a");
   EXPECT_EQ(nodes[1]->node_id, "b");
   EXPECT_TRUE(CandidatesFor(state_, "mistral-7b").empty());
+}
+
+TEST_F(RouterTest, ServingSetIsSharedUntilOneOfTheModelsNodesChanges) {
+  Add("a", {.model = "llama3-8b"});
+  Add("b", {.model = "qwen2-7b"});
+  std::shared_ptr<const ServingSet> llama = state_.Serving("llama3-8b");
+  std::shared_ptr<const ServingSet> qwen = state_.Serving("qwen2-7b");
+  ASSERT_EQ(llama->nodes.size(), 1u);
+  ASSERT_EQ(llama->models.size(), 1u);
+  EXPECT_EQ(llama->models[0], &llama->nodes[0]->models.at("llama3-8b"));
+  EXPECT_EQ(state_.Serving("llama3-8b"), llama);
+  EXPECT_TRUE(state_.Serving("mistral-7b")->nodes.empty());
+
+  // A frame of a node serving another model leaves this model's set alone.
+  Add("b", {.model = "qwen2-7b", .tokens_per_s = 70}, T0() + absl::Seconds(1));
+  EXPECT_EQ(state_.Serving("llama3-8b"), llama);
+  ASSERT_NE(state_.Serving("qwen2-7b"), qwen);
+  EXPECT_EQ(state_.Serving("qwen2-7b")->models[0]->sample.decode_tokens_per_s(), 70);
+
+  // New labels from a Hello reach the set.
+  state_.ApplyHello(MakeHello("a", "boot", {{"zone", "b"}}), T0());
+  std::shared_ptr<const ServingSet> relabelled = state_.Serving("llama3-8b");
+  ASSERT_NE(relabelled, llama);
+  EXPECT_EQ(relabelled->nodes[0]->labels.at("zone"), "b");
+}
+
+TEST_F(RouterTest, TheServiceAnswersFromTheLatestStateAndAsPickDoes) {
+  FakeClock clock(now_);
+  AggregatorMetrics metrics;
+  RouterService service(&state_, &clock, StalenessPolicy{}, &metrics);
+  Add("a", {.tokens_per_s = 50, .watts = 100});
+  Add("b", {.tokens_per_s = 40, .watts = 100});
+  v1::PickRequest req = Request();
+  v1::PickResponse resp;
+  ASSERT_TRUE(service.Pick(nullptr, &req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "a");
+  EXPECT_EQ(resp.candidates_size(), 2);
+  absl::StatusOr<v1::PickResponse> direct = Pick(req);
+  ASSERT_TRUE(direct.ok());
+  EXPECT_EQ(resp.SerializeAsString(), direct->SerializeAsString());
+
+  // b gets better: the table the service kept must not hide it.
+  Add("b", {.tokens_per_s = 90, .watts = 100}, T0() + absl::Milliseconds(500));
+  ASSERT_TRUE(service.Pick(nullptr, &req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "b");
+  EXPECT_DOUBLE_EQ(resp.efficiency().wes_penalized(), 0.9);
+
+  // Labels a Hello changes count at once.
+  req.mutable_constraints()->mutable_required_labels()->insert({"zone", "b"});
+  EXPECT_EQ(service.Pick(nullptr, &req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  state_.ApplyHello(MakeHello("a", "boot", {{"zone", "b"}}), T0());
+  ASSERT_TRUE(service.Pick(nullptr, &req, &resp).ok());
+  EXPECT_EQ(resp.recommendation().node_id(), "a");
+
+  // Bad and unknown models are answered without a table.
+  req.set_model("");
+  EXPECT_EQ(service.Pick(nullptr, &req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  req.set_model("mistral-7b");
+  EXPECT_EQ(service.Pick(nullptr, &req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 // WES 1.00, 0.90, 0.85, 0.50 tok/J: the band is score >= 0.8, so the last one gets no weight.
