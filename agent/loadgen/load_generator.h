@@ -1,10 +1,10 @@
 // Drives a simulated fleet against a fleetwes-aggregator: one Ingest.Publish stream per
 // simulated node, all on gRPC's callback API (a ClientBidiReactor per stream, no thread per
 // node), one ticker thread that produces each node's frame when its window closes, spread
-// evenly over the interval (frames due within 2 ms of each other on one wake-up). Each stream sends Hello, then frames with seq from 1; frames stay
-// queued until a cumulative Ack covers them, and a reconnect (exponential backoff with jitter)
-// resends what is not covered. Measures frames sent and acknowledged and the latency from
-// sending a frame to the first Ack covering it.
+// evenly over the interval (frames due within 2 ms of each other on one wake-up). Each stream sends
+// Hello, then frames with seq from 1; frames stay queued until a cumulative Ack covers them, and a
+// reconnect (exponential backoff with jitter) resends what is not covered. Measures frames sent and
+// acknowledged and the latency from sending a frame to the first Ack covering it.
 #ifndef FLEETWES_AGENT_LOADGEN_LOAD_GENERATOR_H_
 #define FLEETWES_AGENT_LOADGEN_LOAD_GENERATOR_H_
 
