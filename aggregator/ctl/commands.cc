@@ -135,6 +135,22 @@ int Watch(const CtlOptions& options, v1::Fleet::StubInterface& fleet, std::ostre
   return kExitOk;
 }
 
+// One unary call with the --timeout deadline, its answer printed by Render; a failed call
+// prints RpcError's message and returns its exit code.
+template <typename Resp>
+int CallAndRender(const CtlOptions& options,
+                  const std::function<grpc::Status(grpc::ClientContext*, Resp*)>& call,
+                  const std::function<std::string(const Resp&)>& table, std::ostream& out,
+                  std::ostream& err) {
+  Resp resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options.timeout);
+  grpc::Status s = call(&ctx, &resp);
+  if (!s.ok()) return RpcError(err, s, options);
+  return Render(
+      resp, options, [&] { return table(resp); }, out, err);
+}
+
 }  // namespace
 
 absl::StatusOr<absl::Time> ParseSince(absl::string_view since, absl::Time now) {
@@ -252,13 +268,12 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
     v1::LeaderboardRequest req;
     req.set_model(options.model);
     req.set_limit(static_cast<uint32_t>(options.limit));
-    v1::LeaderboardResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.timeout);
-    grpc::Status s = fleet.Leaderboard(&ctx, req, &resp);
-    if (!s.ok()) return RpcError(err, s, options);
-    return Render(
-        resp, options, [&] { return LeaderboardTable(resp); }, out, err);
+    return CallAndRender<v1::LeaderboardResponse>(
+        options,
+        [&](grpc::ClientContext* ctx, v1::LeaderboardResponse* resp) {
+          return fleet.Leaderboard(ctx, req, resp);
+        },
+        [&](const v1::LeaderboardResponse& resp) { return LeaderboardTable(resp); }, out, err);
   }
 
   if (command == "route") {
@@ -272,37 +287,34 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
     req.set_model(options.model);
     req.set_objective(*objective);
     req.set_mode(*mode);
-    v1::PickResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.timeout);
-    grpc::Status s = router.Pick(&ctx, req, &resp);
-    if (!s.ok()) return RpcError(err, s, options);
-    return Render(
-        resp, options, [&] { return PickTable(resp); }, out, err);
+    return CallAndRender<v1::PickResponse>(
+        options,
+        [&](grpc::ClientContext* ctx, v1::PickResponse* resp) {
+          return router.Pick(ctx, req, resp);
+        },
+        [&](const v1::PickResponse& resp) { return PickTable(resp); }, out, err);
   }
 
   if (command == "nodes") {
     if (!expect_args(1)) return UsageError(err, "nodes takes no arguments");
-    v1::ListNodesResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.timeout);
-    grpc::Status s = fleet.ListNodes(&ctx, v1::ListNodesRequest(), &resp);
-    if (!s.ok()) return RpcError(err, s, options);
-    return Render(
-        resp, options, [&] { return NodesTable(resp, now); }, out, err);
+    return CallAndRender<v1::ListNodesResponse>(
+        options,
+        [&](grpc::ClientContext* ctx, v1::ListNodesResponse* resp) {
+          return fleet.ListNodes(ctx, v1::ListNodesRequest(), resp);
+        },
+        [&](const v1::ListNodesResponse& resp) { return NodesTable(resp, now); }, out, err);
   }
 
   if (command == "node") {
     if (!expect_args(2) || args[1].empty()) return UsageError(err, "usage: fleetwesctl node ID");
     v1::GetNodeRequest req;
     req.set_node_id(args[1]);
-    v1::GetNodeResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.timeout);
-    grpc::Status s = fleet.GetNode(&ctx, req, &resp);
-    if (!s.ok()) return RpcError(err, s, options);
-    return Render(
-        resp, options, [&] { return NodeDetail(resp, now); }, out, err);
+    return CallAndRender<v1::GetNodeResponse>(
+        options,
+        [&](grpc::ClientContext* ctx, v1::GetNodeResponse* resp) {
+          return fleet.GetNode(ctx, req, resp);
+        },
+        [&](const v1::GetNodeResponse& resp) { return NodeDetail(resp, now); }, out, err);
   }
 
   if (command == "events") {
@@ -324,13 +336,12 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
       }
     }
     if (!SetSince(options, now, &req, err)) return kExitUsage;
-    v1::EventsResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.timeout);
-    grpc::Status s = fleet.Events(&ctx, req, &resp);
-    if (!s.ok()) return RpcError(err, s, options);
-    return Render(
-        resp, options, [&] { return EventsTable(resp); }, out, err);
+    return CallAndRender<v1::EventsResponse>(
+        options,
+        [&](grpc::ClientContext* ctx, v1::EventsResponse* resp) {
+          return fleet.Events(ctx, req, resp);
+        },
+        [&](const v1::EventsResponse& resp) { return EventsTable(resp); }, out, err);
   }
 
   if (command == "history") {
@@ -343,13 +354,12 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
     req.set_limit(static_cast<uint32_t>(options.limit));
     if (!SetSince(options, now, &req, err)) return kExitUsage;
     if (options.step > absl::ZeroDuration()) SetStep(options.step, req.mutable_step());
-    v1::HistoryResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.timeout);
-    grpc::Status s = fleet.History(&ctx, req, &resp);
-    if (!s.ok()) return RpcError(err, s, options);
-    return Render(
-        resp, options, [&] { return HistoryTable(resp); }, out, err);
+    return CallAndRender<v1::HistoryResponse>(
+        options,
+        [&](grpc::ClientContext* ctx, v1::HistoryResponse* resp) {
+          return fleet.History(ctx, req, resp);
+        },
+        [&](const v1::HistoryResponse& resp) { return HistoryTable(resp); }, out, err);
   }
 
   if (command == "profile") {
@@ -362,13 +372,12 @@ int RunCommand(const std::vector<std::string>& args, const CtlOptions& options,
     req.set_limit(static_cast<uint32_t>(options.limit));
     if (!SetSince(options, now, &req, err)) return kExitUsage;
     if (options.step > absl::ZeroDuration()) SetStep(options.step, req.mutable_step());
-    v1::ProfileResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, options.timeout);
-    grpc::Status s = fleet.Profile(&ctx, req, &resp);
-    if (!s.ok()) return RpcError(err, s, options);
-    return Render(
-        resp, options, [&] { return ProfileTable(resp); }, out, err);
+    return CallAndRender<v1::ProfileResponse>(
+        options,
+        [&](grpc::ClientContext* ctx, v1::ProfileResponse* resp) {
+          return fleet.Profile(ctx, req, resp);
+        },
+        [&](const v1::ProfileResponse& resp) { return ProfileTable(resp); }, out, err);
   }
 
   return UsageError(err, absl::StrCat("unknown command \"", command, "\""));
