@@ -325,7 +325,6 @@ RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set) {
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
                                       const std::vector<NodeStatePtr>& nodes, absl::Time now,
                                       const StalenessPolicy& policy, absl::BitGenRef gen) {
-  if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
   return Pick(request, BuildRouteTable(nodes, request.model()), now, policy, gen);
 }
 
