@@ -137,6 +137,12 @@ absl::Status ReadLeaderboard(MapReader& root, LeaderboardConfig* out) {
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = r.ReadDuration("checkpoint_interval", &out->checkpoint_interval); !s.ok()) {
+    return s;
+  }
+  if (out->checkpoint_interval < absl::Seconds(10) || out->checkpoint_interval > absl::Hours(24)) {
+    return r.Error("checkpoint_interval", "must be between 10s and 24h");
+  }
   return r.Finish();
 }
 

@@ -61,6 +61,9 @@ struct LeaderboardConfig {
   absl::Duration baseline_window = absl::Hours(24);
   // Fewest eligible samples in the window for a baseline. Default 30; 1..10000000.
   int64_t baseline_min_samples = 30;
+  // Period of the checkpoint of rank histories and baselines to PostgreSQL (also written at a
+  // clean stop). A crash loses at most this much of them. Default 5m; 10s..24h.
+  absl::Duration checkpoint_interval = absl::Minutes(5);
 };
 
 struct AggregatorConfig {

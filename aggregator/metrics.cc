@@ -69,6 +69,27 @@ AggregatorMetrics::AggregatorMetrics() : registry_(std::make_shared<prometheus::
                              .Help("Day partitions dropped by the retention pass")
                              .Register(*registry_)
                              .Add({});
+  checkpoint_last_success_ =
+      &prometheus::BuildGauge()
+           .Name("fleetwes_checkpoint_last_success_timestamp_seconds")
+           .Help("When the last checkpoint of rank histories and baselines was committed")
+           .Register(*registry_)
+           .Add({});
+  checkpoint_duration_ = &prometheus::BuildGauge()
+                              .Name("fleetwes_checkpoint_duration_seconds")
+                              .Help("How long the last successful checkpoint took")
+                              .Register(*registry_)
+                              .Add({});
+  checkpoint_tracks_ = &prometheus::BuildGauge()
+                            .Name("fleetwes_checkpoint_tracks")
+                            .Help("Node and leaderboard tracks in the last checkpoint")
+                            .Register(*registry_)
+                            .Add({});
+  checkpoint_invalid_tracks_ = &prometheus::BuildCounter()
+                                    .Name("fleetwes_checkpoint_invalid_tracks_total")
+                                    .Help("Checkpointed tracks skipped at start as malformed")
+                                    .Register(*registry_)
+                                    .Add({});
   db_errors_family_ = &prometheus::BuildCounter()
                            .Name("fleetwes_db_errors_total")
                            .Help("Failed database operations, by status code")

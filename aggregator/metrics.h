@@ -51,6 +51,14 @@ class AggregatorMetrics {
   prometheus::Counter& partitions_dropped() { return *partitions_dropped_; }
   // fleetwes_db_errors_total{code}: failed database operations by status code.
   void CountDbError(const absl::Status& status);
+  // Checkpoints of rank histories and baselines (aggregator/store/track_store.h):
+  // fleetwes_checkpoint_last_success_timestamp_seconds, fleetwes_checkpoint_duration_seconds
+  // (the last successful one), fleetwes_checkpoint_tracks (tracks it wrote) and
+  // fleetwes_checkpoint_invalid_tracks_total (stored tracks skipped as malformed at start).
+  prometheus::Gauge& checkpoint_last_success() { return *checkpoint_last_success_; }
+  prometheus::Gauge& checkpoint_duration() { return *checkpoint_duration_; }
+  prometheus::Gauge& checkpoint_tracks() { return *checkpoint_tracks_; }
+  prometheus::Counter& checkpoint_invalid_tracks() { return *checkpoint_invalid_tracks_; }
 
   // fleetwes_events_published_total: events handed to the event hub.
   prometheus::Counter& events_published() { return *events_published_; }
@@ -72,6 +80,10 @@ class AggregatorMetrics {
   prometheus::Family<prometheus::Counter>* db_errors_family_;
   prometheus::Family<prometheus::Counter>* api_family_;
   prometheus::Counter* partitions_dropped_;
+  prometheus::Gauge* checkpoint_last_success_;
+  prometheus::Gauge* checkpoint_duration_;
+  prometheus::Gauge* checkpoint_tracks_;
+  prometheus::Counter* checkpoint_invalid_tracks_;
   prometheus::Counter* frames_committed_;
   prometheus::Counter* frames_duplicate_;
   prometheus::Counter* frames_rejected_;

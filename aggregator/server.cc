@@ -15,6 +15,7 @@
 #include "aggregator/store/migrations.h"
 #include "aggregator/store/partitions.h"
 #include "aggregator/store/pg_status.h"
+#include "aggregator/store/track_store.h"
 #include "common/logging.h"
 
 namespace fleetwes::aggregator {
@@ -99,7 +100,17 @@ absl::Status AggregatorServer::PrepareDatabase() {
     }
     state_.Restore(std::move(node));
   }
-  Logger("aggregator")->info("fleet state rebuilt: {} nodes", nodes->size());
+  absl::Status s = EnsurePgConnection(&checkpoint_conn_, config_.database_url);
+  if (!s.ok()) return s;
+  absl::StatusOr<RestoreResult> tracks = LoadCheckpoint(*checkpoint_conn_, &state_, clock_->Now());
+  if (!tracks.ok()) {
+    checkpoint_conn_.reset();
+    return tracks.status();
+  }
+  metrics_.checkpoint_invalid_tracks().Increment(static_cast<double>(tracks->invalid));
+  Logger("aggregator")
+      ->info("fleet state rebuilt: {} nodes, {} of {} checkpointed tracks ({} malformed)",
+             nodes->size(), tracks->restored, tracks->rows, tracks->invalid);
   return absl::OkStatus();
 }
 
@@ -139,6 +150,7 @@ absl::Status AggregatorServer::Start(absl::Notification* stop) {
   started_ = true;
   retention_thread_ = std::thread([this] { RunRetention(); });
   sweep_thread_ = std::thread([this] { RunSweep(); });
+  checkpoint_thread_ = std::thread([this] { RunCheckpoints(); });
 
   if (absl::Status s = StartGrpc(); !s.ok()) return s;
   // Reflect grpc_listen ":0" and friends back with the real port.
@@ -200,6 +212,37 @@ void AggregatorServer::RunRetention() {
   }
 }
 
+void AggregatorServer::RunCheckpoints() {
+  while (!clock_->WaitFor(config_.leaderboard.checkpoint_interval, &retention_stop_)) {
+    Checkpoint();
+  }
+}
+
+bool AggregatorServer::Checkpoint() {
+  absl::Status s = EnsurePgConnection(&checkpoint_conn_, config_.database_url);
+  if (s.ok()) {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<CheckpointResult> saved =
+        SaveCheckpoint(*checkpoint_conn_, state_, clock_->Now());
+    if (saved.ok()) {
+      const absl::Duration took = absl::Now() - start;
+      metrics_.checkpoint_last_success().Set(
+          absl::ToDoubleSeconds(clock_->Now() - absl::UnixEpoch()));
+      metrics_.checkpoint_duration().Set(absl::ToDoubleSeconds(took));
+      metrics_.checkpoint_tracks().Set(static_cast<double>(saved->tracks));
+      Logger("store")->debug("checkpoint: {} tracks, {} bytes in {}", saved->tracks, saved->bytes,
+                             absl::FormatDuration(took));
+      return true;
+    }
+    s = saved.status();
+    checkpoint_conn_.reset();
+  }
+  metrics_.CountDbError(s);
+  Logger("store")->warn("checkpoint of rank histories and baselines failed: {}",
+                        std::string(s.message()));
+  return false;
+}
+
 void AggregatorServer::RunSweep() {
   while (!clock_->WaitFor(options_.sweep_interval, &retention_stop_)) state_.Sweep(clock_->Now());
 }
@@ -211,6 +254,7 @@ void AggregatorServer::Stop() {
   retention_stop_.Notify();
   if (retention_thread_.joinable()) retention_thread_.join();
   if (sweep_thread_.joinable()) sweep_thread_.join();
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   // Open WatchLeaderboard streams end now rather than at the end of the grace period.
   events_.CloseWatchers();
   if (grpc_ != nullptr) {
@@ -224,6 +268,8 @@ void AggregatorServer::Stop() {
   // After the streams are gone: write what is queued, complete every pending callback.
   writer_.Stop();
   if (grpc_ != nullptr) grpc_->Wait();
+  // Every committed frame is in the fleet state now: the last checkpoint misses none.
+  if (started_) Checkpoint();
   events_.Stop();
   if (started_) log->info("stopped");
 }

@@ -9,6 +9,7 @@
 #include <grpcpp/server.h>
 
 #include <memory>
+#include <pqxx/connection>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -46,13 +47,14 @@ class AggregatorServer {
   AggregatorServer(const AggregatorServer&) = delete;
   AggregatorServer& operator=(const AggregatorServer&) = delete;
 
-  // Prepares the database (migrations, then the fleet state rebuilt from the latest rows),
+  // Prepares the database (migrations, then the fleet state rebuilt from the latest rows and the
+  // last checkpoint of rank histories and baselines),
   // retrying with backoff and logging each failed attempt until it succeeds or `stop` is
   // notified (then Cancelled). Then starts the writer and both servers. InvalidArgument for a
   // bad listen address, Unavailable when a port cannot be bound.
   absl::Status Start(absl::Notification* stop);
   // Stops serving (health goes NOT_SERVING, calls get shutdown_grace, streams are cancelled),
-  // then flushes the writer. Idempotent.
+  // then flushes the writer and writes a last checkpoint. Idempotent.
   void Stop();
 
   int grpc_port() const { return grpc_port_; }
@@ -69,6 +71,10 @@ class AggregatorServer {
   void RunRetention();
   // The sweep thread: FleetState::Sweep every options_.sweep_interval.
   void RunSweep();
+  // The checkpoint thread: Checkpoint() every leaderboard.checkpoint_interval.
+  void RunCheckpoints();
+  // Saves rank histories and baselines (track_store.h); false (logged, counted) on failure.
+  bool Checkpoint();
 
   const AggregatorConfig config_;
   Clock* const clock_;
@@ -92,6 +98,9 @@ class AggregatorServer {
   absl::Notification retention_stop_;  // stops the retention and the sweep threads
   std::thread retention_thread_;
   std::thread sweep_thread_;
+  std::thread checkpoint_thread_;
+  // Used at start (loading the checkpoint), by the checkpoint thread, then by Stop.
+  std::unique_ptr<pqxx::connection> checkpoint_conn_;
   bool stopped_ = false;
 };
 

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/str_cat.h"
+
 namespace fleetwes::aggregator {
 
 namespace {
@@ -88,6 +90,43 @@ uint64_t Baseline::samples() const {
   uint64_t n = 0;
   for (const Slot& s : slots_) n += s.count;
   return n;
+}
+
+absl::StatusOr<Baseline> Baseline::FromSlots(std::vector<Slot> slots) {
+  if (slots.size() > static_cast<size_t>(kSlots)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("baseline: ", slots.size(), " slots, at most ", kSlots));
+  }
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const Slot& s = slots[i];
+    if (i > 0 && s.index <= slots[i - 1].index) {
+      return absl::InvalidArgumentError("baseline: slots out of order");
+    }
+    if (s.bins.empty() || s.bins.size() > kMaxBinsPerSlot) {
+      return absl::InvalidArgumentError(absl::StrCat("baseline: slot ", s.index, " has ",
+                                                     s.bins.size(), " bins, 1..", kMaxBinsPerSlot));
+    }
+    uint64_t count = 0;
+    for (size_t j = 0; j < s.bins.size(); ++j) {
+      const Bin& b = s.bins[j];
+      if (j > 0 && b.bin <= s.bins[j - 1].bin) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("baseline: slot ", s.index, ": bins out of order"));
+      }
+      if (b.count == 0 || !std::isfinite(b.sum) || b.sum <= 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("baseline: slot ", s.index, ", bin ", b.bin, ": empty or bad sum"));
+      }
+      count += b.count;
+    }
+    if (count != s.count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("baseline: slot ", s.index, " counts ", s.count, ", its bins ", count));
+    }
+  }
+  Baseline b;
+  b.slots_ = std::move(slots);
+  return b;
 }
 
 }  // namespace fleetwes::aggregator

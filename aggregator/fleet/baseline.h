@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
 namespace fleetwes::aggregator {
@@ -45,7 +46,7 @@ class Baseline {
   // Samples in the slots kept (some may have left the window by `now`).
   uint64_t samples() const;
 
- private:
+  // The state, for checkpoints (aggregator/store/track_store.h).
   struct Bin {
     int32_t bin = 0;
     uint32_t count = 0;
@@ -56,7 +57,14 @@ class Baseline {
     uint64_t count = 0;
     std::vector<Bin> bins;  // by bin
   };
+  const std::vector<Slot>& slots() const { return slots_; }
+  // A baseline from slots() of another, validated as data from outside: at most kSlots slots in
+  // increasing index order, each with 1..kMaxBinsPerSlot bins in increasing bin order, bin counts
+  // > 0 adding up to the slot's count, sums finite and > 0. InvalidArgument naming the first
+  // violation otherwise.
+  static absl::StatusOr<Baseline> FromSlots(std::vector<Slot> slots);
 
+ private:
   static int64_t SlotIndex(absl::Time t, const BaselineOptions& options);
 
   std::vector<Slot> slots_;  // oldest first, at most kSlots

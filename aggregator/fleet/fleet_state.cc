@@ -319,6 +319,68 @@ void FleetState::Restore(NodeState node) {
   if (frame != nullptr) ApplyFrameLocked(std::move(frame), received, /*emit=*/false, &unused);
 }
 
+std::vector<std::string> FleetState::NodeIds() const {
+  std::vector<std::string> ids;
+  absl::ReaderMutexLock lock(&mu_);
+  ids.reserve(nodes_.size());
+  for (const auto& [id, unused] : nodes_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+std::vector<FleetState::SavedTrack> FleetState::SaveTracks(
+    const std::vector<std::string>& node_ids) const {
+  std::vector<SavedTrack> out;
+  absl::ReaderMutexLock lock(&mu_);
+  for (const std::string& node_id : node_ids) {
+    auto tn = tracks_.find(node_id);
+    if (tn == tracks_.end()) continue;
+    for (const auto& [board_key, t] : tn->second) {
+      SavedTrack& saved = out.emplace_back();
+      saved.node_id = node_id;
+      saved.board = board_key;
+      saved.rank = t.rank;
+      saved.previous_rank = t.previous_rank;
+      saved.points = t.points;
+      saved.last_rank_event = t.last_rank_event;
+      saved.baseline = t.baseline;
+    }
+  }
+  return out;
+}
+
+size_t FleetState::RestoreTracks(std::vector<SavedTrack> tracks, absl::Time now) {
+  const int64_t now_minute = MinuteOf(now);
+  size_t restored = 0;
+  absl::MutexLock lock(&mu_);
+  for (SavedTrack& saved : tracks) {
+    auto tn = tracks_.find(saved.node_id);
+    if (tn == tracks_.end()) continue;
+    auto tb = tn->second.find(saved.board);
+    if (tb == tn->second.end()) continue;
+    // The saved track replaces the one Restore() began: its single point holds the rank the node
+    // had when it was re-filed, which depends on the order nodes were restored in.
+    Track& t = tb->second;
+    t.rank = saved.rank;
+    t.previous_rank = saved.previous_rank;
+    t.points.clear();
+    for (const RankPoint& p : saved.points) {
+      if (p.minute > now_minute) break;
+      if (!t.points.empty() && p.minute <= t.points.back().minute) continue;
+      t.points.push_back(p);
+    }
+    if (t.points.size() > kRankHistoryPoints) {
+      t.points.erase(t.points.begin(), t.points.end() - kRankHistoryPoints);
+    }
+    t.last_rank_event = saved.last_rank_event;
+    t.baseline = std::move(saved.baseline);
+    t.baseline_raw = t.baseline.Median(now, options_.baseline);
+    t.baseline_computed = now;
+    ++restored;
+  }
+  return restored;
+}
+
 size_t FleetState::Sweep(absl::Time now) {
   std::vector<v1::Event> events;
   {

@@ -20,9 +20,9 @@
 // stale (StalenessPolicy) is skipped by readers at once and leaves the index at the next
 // Sweep(now), which emits an EVENT_KIND_STALE event; it is listed as unranked and stale.
 // Per (node, leaderboard) the state also keeps the rank history (previous rank, a point per
-// minute for the last 72 minutes) and the baseline raw WES (baseline.h). Neither survives a
-// restart: Restore() records the restored frame's rank as the first point, and baselines start
-// empty (they fill again after BaselineOptions::min_samples eligible samples).
+// minute for the last 72 minutes) and the baseline raw WES (baseline.h). Both survive a restart
+// through checkpoints: SaveTracks() copies them out, RestoreTracks() puts them back after the
+// nodes are restored (aggregator/store/track_store.h stores them in PostgreSQL).
 //
 // Events (events.h): rank changes a node's own frame causes on a leaderboard (old -> new rank;
 // nodes merely shifted by it are not events), thermal-state changes of a node and of each of its
@@ -175,6 +175,33 @@ class FleetState {
   NodeStatePtr Get(absl::string_view node_id) const;
   size_t size() const;
 
+  // One minute of a rank history.
+  struct RankPoint {
+    int64_t minute = 0;  // since the Unix epoch
+    uint32_t rank = 0;   // 0: unranked
+  };
+  // One (node, leaderboard)'s rank history, rank-event limit and baseline, as checkpointed.
+  struct SavedTrack {
+    std::string node_id;
+    std::string board;  // the model; empty: the fleet leaderboard
+    uint32_t rank = 0;  // as last recorded; 0: unranked
+    std::optional<uint32_t> previous_rank;
+    std::vector<RankPoint> points;  // oldest first, minutes increasing
+    absl::Time last_rank_event = absl::InfinitePast();
+    Baseline baseline;
+  };
+  // Every node id, sorted.
+  std::vector<std::string> NodeIds() const;
+  // The tracks of these nodes (unknown ids have none). Takes the lock once, shared; callers
+  // saving a large fleet pass a few hundred ids at a time so ingest is never held up for long.
+  std::vector<SavedTrack> SaveTracks(const std::vector<std::string>& node_ids) const;
+  // Puts saved tracks back after Restore() of the nodes (a track of an unknown node or of a
+  // leaderboard the node is not on is skipped). The rank a node has now in the rebuilt index
+  // stays; when it differs from the saved rank, the saved rank becomes the previous rank.
+  // Points after `now`'s minute, or beyond kRankHistoryPoints, are dropped. Returns how many
+  // tracks were restored. Emits no events.
+  size_t RestoreTracks(std::vector<SavedTrack> tracks, absl::Time now);
+
   // Held-back Hellos kept per node; the oldest received is dropped beyond it.
   static constexpr size_t kMaxPendingBoots = 4;
   // Rank history points kept per (node, leaderboard), one per minute.
@@ -194,10 +221,6 @@ class FleetState {
     absl::flat_hash_map<std::string, absl::Time> expiry_of;  // unswept members
     // Serving()'s answer, until a member node's state changes (null: build on the next call).
     mutable std::shared_ptr<const ServingSet> serving;
-  };
-  struct RankPoint {
-    int64_t minute = 0;  // since the Unix epoch
-    uint32_t rank = 0;   // 0: unranked
   };
   // One node on one leaderboard: rank history, event rate limit, baseline.
   struct Track {

@@ -180,10 +180,24 @@ CREATE INDEX events_node_id_time ON events (node_id, time);
 CREATE INDEX events_time ON events (time);
 )sql";
 
+// Version 4: board_tracks, the fleet state's last checkpoint of rank histories and baselines
+// (aggregator/store/track_store.h): one row per node and leaderboard ('' for the fleet), the
+// track a serialized fleetwes.v1.BoardTrack. Rewritten whole by each checkpoint.
+constexpr absl::string_view kV4 = R"sql(
+CREATE TABLE board_tracks (
+  node_id   text NOT NULL,
+  board     text NOT NULL,
+  track     bytea NOT NULL,
+  saved_at  timestamptz NOT NULL,
+  PRIMARY KEY (node_id, board)
+);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "nodes, frames, model_samples, device_samples", kV1},
     {2, "frames, model_samples, device_samples partitioned by day", kV2},
     {3, "events partitioned by day", kV3},
+    {4, "board_tracks checkpoints", kV4},
 };
 
 constexpr absl::string_view kCreateMigrationsTable = R"sql(

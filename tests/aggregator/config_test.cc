@@ -65,6 +65,7 @@ leaderboard:
   rank_event_interval: 0s
   baseline_window: 12h
   baseline_min_samples: 100
+  checkpoint_interval: 1m
 max_frame_bytes: 131072
 log_level: debug
 )");
@@ -92,6 +93,7 @@ log_level: debug
   EXPECT_EQ(c->leaderboard.rank_event_interval, absl::ZeroDuration());
   EXPECT_EQ(c->leaderboard.baseline_window, absl::Hours(12));
   EXPECT_EQ(c->leaderboard.baseline_min_samples, 100);
+  EXPECT_EQ(c->leaderboard.checkpoint_interval, absl::Minutes(1));
 }
 
 TEST(ConfigTest, ErrorsNameTheKey) {
@@ -116,6 +118,7 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"leaderboard:\n  rank_event_min_delta: 0\n", "leaderboard.rank_event_min_delta"},
       {"leaderboard:\n  baseline_window: 10m\n", "leaderboard.baseline_window"},
       {"leaderboard:\n  baseline_min_samples: 0\n", "leaderboard.baseline_min_samples"},
+      {"leaderboard:\n  checkpoint_interval: 1s\n", "leaderboard.checkpoint_interval"},
       {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},
       {"thermal_penalties:\n  serious: 1.1\n", "thermal_penalties.serious"},
       {"max_frame_bytes: 10\n", "max_frame_bytes"},

@@ -57,6 +57,7 @@ class ServerPgTest : public fleetwes::testing::PgTest {
     config.database_url = db().url();
     config.writer.max_batch_delay = absl::Milliseconds(5);
     config.retention = retention_;
+    config.leaderboard = leaderboard_;
     server_ = std::make_unique<AggregatorServer>(config, &clock_);
     absl::Notification never;
     ASSERT_TRUE(server_->Start(&never).ok());
@@ -123,6 +124,7 @@ class ServerPgTest : public fleetwes::testing::PgTest {
 
   FakeClock clock_{T0() + absl::Seconds(1)};
   RetentionConfig retention_;
+  LeaderboardConfig leaderboard_;
   std::unique_ptr<AggregatorServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Ingest::Stub> ingest_;
@@ -301,6 +303,59 @@ TEST_F(ServerPgTest, FleetServesTheLeaderboardNodesAndHistory) {
       << "before:\n"
       << before_pick.DebugString() << "after:\n"
       << after_pick.DebugString();
+}
+
+// Rank histories and baselines come back from the checkpoint written at stop: after a restart
+// the leaderboards carry the same previous ranks, ranks an hour ago and baseline losses.
+TEST_F(ServerPgTest, RankHistoryAndBaselinesSurviveARestart) {
+  server_->Stop();
+  leaderboard_.baseline_min_samples = 3;
+  StartAggregator();
+  const absl::Time start = clock_.Now();
+  uint64_t seq = 0;
+  for (int minute : {0, 1, 2, 3, 4, 5, 61, 62, 63, 64, 65}) {
+    clock_.Advance(start + absl::Minutes(minute) - clock_.Now());
+    ++seq;
+    const bool hot = minute >= 61;
+    const ModelSpec a{.tokens_per_s = hot ? 50.0 : 100.0 + minute,
+                      .watts = 100,
+                      .state = hot ? v1::THERMAL_STATE_SERIOUS : v1::THERMAL_STATE_NORMAL};
+    const ModelSpec b{.tokens_per_s = 80, .watts = 100};
+    // A 60 s interval keeps both fresh between the minutes.
+    ASSERT_EQ(Publish("edge-a", {MakeFrame("edge-a", "boot-a", seq, clock_.Now(), a, 60)}, seq).ack,
+              seq);
+    ASSERT_EQ(Publish("edge-b", {MakeFrame("edge-b", "boot-a", seq, clock_.Now(), b, 60)}, seq).ack,
+              seq);
+  }
+  auto boards = [&] {
+    std::vector<v1::LeaderboardResponse> out;
+    for (const char* model : {"", "llama3-8b"}) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline());
+      v1::LeaderboardRequest r;
+      r.set_model(model);
+      EXPECT_TRUE(fleet_->Leaderboard(&ctx, r, &out.emplace_back()).ok());
+    }
+    return out;
+  };
+  const std::vector<v1::LeaderboardResponse> before = boards();
+  ASSERT_EQ(before[0].entries_size(), 2);
+  const v1::LeaderboardEntry& a = before[0].entries(1);
+  ASSERT_EQ(a.node_id(), "edge-a");
+  EXPECT_EQ(a.previous_rank(), 1u);
+  EXPECT_EQ(a.rank_1h_ago(), 1u);
+  EXPECT_GT(a.baseline_loss_pct(), 70);
+
+  server_->Stop();
+  EXPECT_EQ(Count("SELECT count(*) FROM board_tracks"), 4);
+  StartAggregator();
+  const std::vector<v1::LeaderboardResponse> after = boards();
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(before[i], after[i]))
+        << "before:\n"
+        << before[i].DebugString() << "after:\n"
+        << after[i].DebugString();
+  }
 }
 
 TEST_F(ServerPgTest, TheRetentionTimerDropsExpiredPartitions) {

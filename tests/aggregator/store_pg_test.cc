@@ -78,9 +78,10 @@ TEST_F(StorePgTest, MigrationsApplyOnceAndAreIdempotent) {
   EXPECT_EQ(*second, 0);
   absl::StatusOr<std::vector<int>> versions = AppliedMigrations(*conn_);
   ASSERT_TRUE(versions.ok());
-  EXPECT_EQ(*versions, (std::vector<int>{1, 2, 3}));
-  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM schema_migrations"), 3);
-  for (const char* table : {"nodes", "frames", "model_samples", "device_samples", "events"}) {
+  EXPECT_EQ(*versions, (std::vector<int>{1, 2, 3, 4}));
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM schema_migrations"), 4);
+  for (const char* table :
+       {"nodes", "frames", "model_samples", "device_samples", "events", "board_tracks"}) {
     EXPECT_EQ(Count(*conn_, std::string("SELECT count(*) FROM information_schema.tables WHERE "
                                         "table_name = '") +
                                 table + "'"),
