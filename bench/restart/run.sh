@@ -12,7 +12,8 @@
 # partitions have a realistic shape. Then it restarts the aggregator --runs times and measures,
 # each time, from the process start to the log line "fleet state rebuilt" and to the first
 # healthy /healthz. Ends with one JSON line:
-#   {"nodes":..,"frames":..,"rebuild_s":..,"ready_s":..}   (the slowest of the runs)
+#   {"nodes":..,"frames":..,"tracks":..,"rebuild_s":..,"ready_s":..}   (the slowest of the runs)
+# tracks: the checkpointed (node, leaderboard) histories restored, written at each stop.
 set -Eeuo pipefail
 
 usage() {
@@ -155,10 +156,11 @@ for i in $(seq 1 "$runs"); do
   read -r rebuild ready <"$work/times"
   grep -q "fleet state rebuilt: $nodes nodes" "$work/aggregator.log" ||
     die "the aggregator did not rebuild $nodes nodes: $(grep 'fleet state rebuilt' "$work/aggregator.log")"
-  say "run $i: fleet state rebuilt after ${rebuild} s, healthy after ${ready} s"
+  tracks=$(sed -n 's/.*fleet state rebuilt: [0-9]* nodes, \([0-9]*\) of .*/\1/p' "$work/aggregator.log" | tail -1)
+  say "run $i: fleet state rebuilt after ${rebuild} s (${tracks:-0} checkpointed tracks), healthy after ${ready} s"
   worst_rebuild=$(python3 -c "print(max($worst_rebuild, $rebuild))")
   worst_ready=$(python3 -c "print(max($worst_ready, $ready))")
   stop_aggregator
 done
-printf '{"nodes": %d, "frames": %d, "rebuild_s": %s, "ready_s": %s}\n' "$nodes" "$frames" \
-  "$worst_rebuild" "$worst_ready"
+printf '{"nodes": %d, "frames": %d, "tracks": %d, "rebuild_s": %s, "ready_s": %s}\n' "$nodes" \
+  "$frames" "${tracks:-0}" "$worst_rebuild" "$worst_ready"
