@@ -123,6 +123,14 @@ absl::Status ReadLeaderboard(MapReader& root, LeaderboardConfig* out) {
       out->rank_event_interval > absl::Hours(24)) {
     return r.Error("rank_event_interval", "must be between 0s and 24h");
   }
+  if (absl::Status s = r.ReadDuration("thermal_event_interval", &out->thermal_event_interval);
+      !s.ok()) {
+    return s;
+  }
+  if (out->thermal_event_interval < absl::ZeroDuration() ||
+      out->thermal_event_interval > absl::Hours(24)) {
+    return r.Error("thermal_event_interval", "must be between 0s and 24h");
+  }
   if (absl::Status s = r.ReadDuration("baseline_window", &out->baseline_window); !s.ok()) {
     return s;
   }

@@ -57,6 +57,9 @@ struct LeaderboardConfig {
   // At most one rank-change event per node and leaderboard per this interval. Default 60s;
   // 0..24h (0: no limit).
   absl::Duration rank_event_interval = absl::Seconds(60);
+  // Thermal-change events: a worse state is reported at once, a better one at most once per this
+  // interval per node and leaderboard (docs/api.md). Default 30s; 0..24h (0: every change).
+  absl::Duration thermal_event_interval = absl::Seconds(30);
   // The span of the baseline median. Default 24h; 1h..30 days.
   absl::Duration baseline_window = absl::Hours(24);
   // Fewest eligible samples in the window for a baseline. Default 30; 1..10000000.

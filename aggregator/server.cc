@@ -39,6 +39,7 @@ FleetStateOptions FleetOptionsFrom(const AggregatorConfig& c, const StalenessPol
   o.staleness = policy;
   o.rank_event_min_delta = static_cast<uint32_t>(c.leaderboard.rank_event_min_delta);
   o.rank_event_interval = c.leaderboard.rank_event_interval;
+  o.thermal_event_interval = c.leaderboard.thermal_event_interval;
   o.baseline.window = c.leaderboard.baseline_window;
   o.baseline.min_samples = static_cast<uint32_t>(c.leaderboard.baseline_min_samples);
   return o;

@@ -173,21 +173,13 @@ void FleetState::ApplyFrameLocked(std::shared_ptr<const v1::Frame> frame, absl::
         slot = &m;
       }
     }
-    if (emit && prev != nullptr && prev->latest != nullptr &&
-        prev->latest->thermal_state() != frame->thermal_state()) {
-      events->push_back(ThermalEvent(received_at, node_id, "", prev->latest->thermal_state(),
-                                     frame->thermal_state()));
-    }
+    NoteThermal(node_id, "", frame->thermal_state(), received_at, emit, events);
     UpdateBoard("", node_id, frame->node_wes(), expiry,
                 !repeat && frame->thermal_state() == v1::THERMAL_STATE_NORMAL && !pressure,
                 received_at, emit, events);
     for (const auto& [model, sample] : best) {
       ModelState& ms = next->models[model];
-      if (emit && ms.window_end != absl::Time() &&
-          ms.sample.wes().thermal_state() != sample->wes().thermal_state()) {
-        events->push_back(ThermalEvent(received_at, node_id, model, ms.sample.wes().thermal_state(),
-                                       sample->wes().thermal_state()));
-      }
+      NoteThermal(node_id, model, sample->wes().thermal_state(), received_at, emit, events);
       ms.sample = *sample;
       ms.window_end = window_end;
       ms.interval_s = frame->interval_s();
@@ -281,6 +273,26 @@ void FleetState::UpdateBoard(const std::string& board_key, const std::string& no
     t.baseline_raw = t.baseline.Median(now, options_.baseline);
     t.baseline_computed = now;
   }
+}
+
+void FleetState::NoteThermal(const std::string& node_id, const std::string& board_key,
+                             v1::ThermalState state, absl::Time now, bool emit,
+                             std::vector<v1::Event>* events) {
+  if (state == v1::THERMAL_STATE_UNSPECIFIED) return;  // unknown says nothing
+  Track& t = tracks_[node_id][board_key];
+  if (t.reported_thermal == v1::THERMAL_STATE_UNSPECIFIED) {
+    t.reported_thermal = state;  // first seen: no change yet
+    return;
+  }
+  if (state == t.reported_thermal) return;
+  const absl::Duration interval = options_.thermal_event_interval;
+  if (state < t.reported_thermal && interval > absl::ZeroDuration() &&
+      now - t.last_thermal_event < interval) {
+    return;  // an improvement inside the interval: reported by a later frame if it lasts
+  }
+  if (emit) events->push_back(ThermalEvent(now, node_id, board_key, t.reported_thermal, state));
+  t.reported_thermal = state;
+  t.last_thermal_event = now;
 }
 
 void FleetState::RecordRank(Track* t, uint32_t rank, absl::Time now) {

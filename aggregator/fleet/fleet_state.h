@@ -26,10 +26,9 @@
 //
 // Events (events.h): rank changes a node's own frame causes on a leaderboard (old -> new rank;
 // nodes merely shifted by it are not events), thermal-state changes of a node and of each of its
-// models, and nodes going stale (Sweep). Rank-change events are rate-limited per (node,
-// leaderboard), see FleetStateOptions. They are published to the EventSink after the lock is
-// released. Restore() emits none.
-// Thread-safe (absl::Mutex).
+// models, and nodes going stale (Sweep). Rank-change and thermal-change events are rate-limited
+// per (node, leaderboard), see FleetStateOptions. They are published to the EventSink after the
+// lock is released. Restore() emits none. Thread-safe (absl::Mutex).
 #ifndef FLEETWES_AGGREGATOR_FLEET_FLEET_STATE_H_
 #define FLEETWES_AGGREGATOR_FLEET_FLEET_STATE_H_
 
@@ -73,6 +72,12 @@ struct FleetStateOptions {
   // At most one rank-change event per (node, leaderboard) per this interval; changes inside it
   // are not reported (the next qualifying change after it is). Default 60s; 0: no limit.
   absl::Duration rank_event_interval = absl::Seconds(60);
+  // Thermal-change events: a change to a worse state than the one last reported is reported at
+  // once; a change to a better one only when this long has passed since the last report (a
+  // later frame reports it if it lasts, from the state last reported). Flapping therefore costs
+  // at most a few events per interval, and the state last reported is never left wrong for
+  // longer than the interval plus a frame. Default 30s; 0: every change is reported.
+  absl::Duration thermal_event_interval = absl::Seconds(30);
   BaselineOptions baseline;
 };
 
@@ -231,6 +236,10 @@ class FleetState {
     Baseline baseline;
     std::optional<double> baseline_raw;  // cached median
     absl::Time baseline_computed = absl::InfinitePast();
+    // Thermal-change events (the node's on the fleet's track, a model's on its own): the state
+    // last reported (or first seen), and when it was reported.
+    v1::ThermalState reported_thermal = v1::THERMAL_STATE_UNSPECIFIED;
+    absl::Time last_thermal_event = absl::InfinitePast();
   };
   // What a reader copies under the lock per listed entry.
   struct Listed {
@@ -249,6 +258,11 @@ class FleetState {
                    absl::Time expiry, bool baseline_eligible, absl::Time now, bool emit,
                    std::vector<v1::Event>* events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordRank(Track* track, uint32_t rank, absl::Time now);
+  // Compares a node's (board_key empty) or a model's thermal state with the one last reported
+  // and, when FleetStateOptions::thermal_event_interval allows, reports the change.
+  void NoteThermal(const std::string& node_id, const std::string& board_key, v1::ThermalState state,
+                   absl::Time now, bool emit, std::vector<v1::Event>* events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static std::optional<uint32_t> RankAgo(const Track& track, absl::Time now);
   Listed ListedLocked(const std::string& node_id, const std::string& board_key, uint32_t rank,
                       absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -63,6 +63,7 @@ thermal_penalties:
 leaderboard:
   rank_event_min_delta: 2
   rank_event_interval: 0s
+  thermal_event_interval: 2m
   baseline_window: 12h
   baseline_min_samples: 100
   checkpoint_interval: 1m
@@ -91,6 +92,7 @@ log_level: debug
   EXPECT_EQ(c->retention.days_ahead, 3);
   EXPECT_EQ(c->leaderboard.rank_event_min_delta, 2);
   EXPECT_EQ(c->leaderboard.rank_event_interval, absl::ZeroDuration());
+  EXPECT_EQ(c->leaderboard.thermal_event_interval, absl::Minutes(2));
   EXPECT_EQ(c->leaderboard.baseline_window, absl::Hours(12));
   EXPECT_EQ(c->leaderboard.baseline_min_samples, 100);
   EXPECT_EQ(c->leaderboard.checkpoint_interval, absl::Minutes(1));
@@ -117,6 +119,7 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"stale_after_min: 0s\n", "stale_after_min"},
       {"leaderboard:\n  rank_event_min_delta: 0\n", "leaderboard.rank_event_min_delta"},
       {"leaderboard:\n  baseline_window: 10m\n", "leaderboard.baseline_window"},
+      {"leaderboard:\n  thermal_event_interval: -1s\n", "leaderboard.thermal_event_interval"},
       {"leaderboard:\n  baseline_min_samples: 0\n", "leaderboard.baseline_min_samples"},
       {"leaderboard:\n  checkpoint_interval: 1s\n", "leaderboard.checkpoint_interval"},
       {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},

@@ -320,6 +320,46 @@ TEST_F(IndexTest, ThermalChangesOfNodesAndModelsAreEvents) {
   EXPECT_TRUE(sink_.Take(v1::EVENT_KIND_THERMAL_CHANGE).empty());
 }
 
+TEST_F(IndexTest, ThermalFlappingIsCoalescedAndTheLastingStateStillReported) {
+  // Default thermal_event_interval: 30 s. Frames every 2 s alternate normal and fair.
+  absl::Time t = T0();
+  Add("edge-7", {.tokens_per_s = 50, .watts = 60}, t);
+  std::vector<std::string> seen;
+  for (int i = 1; i <= 20; ++i) {
+    t += absl::Seconds(2);
+    Add("edge-7",
+        {.tokens_per_s = 50,
+         .watts = 60,
+         .state = i % 2 == 1 ? v1::THERMAL_STATE_FAIR : v1::THERMAL_STATE_NORMAL},
+        t);
+    for (const v1::Event& e : sink_.Take(v1::EVENT_KIND_THERMAL_CHANGE)) {
+      if (e.model().empty())
+        seen.push_back(
+            absl::StrCat(e.time().seconds() - absl::ToUnixSeconds(T0()), " ", e.message()));
+    }
+  }
+  // Worse at 2 s: at once. Better again: held back until 30 s after that report (32 s); worse
+  // again at 34 s: at once; better again at 36 and 40 s: held back.
+  EXPECT_EQ(seen, (std::vector<std::string>{"2 edge-7 thermal normal -> fair",
+                                            "32 edge-7 thermal fair -> normal",
+                                            "34 edge-7 thermal normal -> fair"}));
+  // A jump to critical is never held back, nor is a state that stays.
+  t += absl::Seconds(2);
+  Add("edge-7", {.tokens_per_s = 50, .watts = 60, .state = v1::THERMAL_STATE_CRITICAL}, t);
+  std::vector<v1::Event> ev = sink_.Take(v1::EVENT_KIND_THERMAL_CHANGE);
+  ASSERT_EQ(ev.size(), 2u);  // the node and its model
+  EXPECT_EQ(ev[0].old_thermal_state(), v1::THERMAL_STATE_FAIR);
+  EXPECT_EQ(ev[0].new_thermal_state(), v1::THERMAL_STATE_CRITICAL);
+  t += absl::Seconds(2);
+  Add("edge-7", {.tokens_per_s = 50, .watts = 60}, t);  // cooled down, inside the interval
+  EXPECT_TRUE(sink_.Take(v1::EVENT_KIND_THERMAL_CHANGE).empty());
+  t += absl::Seconds(30);
+  Add("edge-7", {.tokens_per_s = 50, .watts = 60}, t);  // still normal: now reported
+  ev = sink_.Take(v1::EVENT_KIND_THERMAL_CHANGE);
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].message(), "edge-7 thermal critical -> normal");
+}
+
 TEST_F(IndexTest, RankHistoryKeepsThePreviousRankAndTheRankAnHourAgo) {
   // a leads b; both report every 2 s for 70 minutes; at minute 65 b overtakes a.
   absl::Time t = T0();
