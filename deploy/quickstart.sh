@@ -108,6 +108,7 @@ stop_all() {
   [ "$stopping" -eq 0 ] || return 0
   stopping=1
   trap '' INT TERM
+  [ -z "${watch_pid:-}" ] || kill "$watch_pid" 2>/dev/null || true
   echo
   say "stopping"
   local i
@@ -301,14 +302,14 @@ if [ "$run_for" -gt 0 ]; then
   exit 0
 fi
 
-echo "Ctrl-C stops everything."
+echo "The live leaderboard follows (fleetwesctl leaderboard --watch: redrawn as it changes,"
+echo "rank moves highlighted). Ctrl-C stops everything; logs are in $logs/."
 sleep 2
-while true; do
+# The watch runs beside a liveness check of every component; whichever ends first ends the run.
+"${ctl[@]}" leaderboard --watch &
+watch_pid=$!
+while kill -0 "$watch_pid" 2>/dev/null; do
   check_alive || exit 1
-  out=$("${ctl[@]}" leaderboard 2>&1 || true)
-  [ -t 1 ] && clear
-  echo "fleetwes quickstart: up $(( $(date +%s) - started ))s, Ctrl-C to stop, logs in $logs/"
-  echo
-  echo "$out"
-  sleep 2
+  sleep 1
 done
+wait "$watch_pid" || die "fleetwesctl leaderboard --watch ended (status $?)"
