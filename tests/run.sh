@@ -62,8 +62,11 @@ build_failed() {
   exit 1
 }
 log "configure $build_dir (sanitizers $sanitize)"
+# -O1 -g1: what the sanitizers' documentation recommends, line tables for their stack traces,
+# and half the compile time of -O2 -g.
 cmake -S . -B "$build_dir" -DFLEETWES_BUILD_TESTS=ON -DFLEETWES_SANITIZE="$sanitize" \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null || build_failed "cmake configure"
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" >/dev/null || build_failed "cmake configure"
 log "build $build_dir (-j2)"
 cmake --build "$build_dir" -j2 || build_failed "build"
 
