@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -754,6 +755,45 @@ TEST(RouteTableTest, AnotherPolicyThanTheTablesIsScannedPlainly) {
   EXPECT_EQ(other->candidates_size(), 2);
   ASSERT_EQ(other->excluded_size(), 1);
   EXPECT_EQ(other->excluded(0).node_id(), "node-25");
+}
+
+// Calls sharing a fresh table build its orders and prebuilt candidates once, whichever thread
+// comes first, and all answer as the plain scan.
+TEST(RouteTableTest, ConcurrentCallsOnAFreshTableAnswerAlike) {
+  FleetState state;
+  for (int n = 0; n < 40; ++n) {
+    const std::string id = absl::StrCat("node-", n);
+    state.ApplyHello(MakeHello(id, "boot", {{"zone", n % 2 == 0 ? "a" : "b"}}), T0());
+    const absl::Time end = T0() - absl::Seconds(n % 7 == 0 ? 30 : 1);
+    v1::Frame f = MakeFrame(id, "boot", 1, end,
+                            {.tokens_per_s = 10.0 + (n * 37) % 90, .watts = 50.0 + n % 5});
+    RecomputeWes(ThermalPenalties{}, &f);
+    state.ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
+  }
+  v1::PickRequest r;
+  r.set_model("llama3-8b");
+  r.set_count(8);
+  std::mt19937_64 gen(1);
+  absl::StatusOr<v1::PickResponse> plain =
+      Pick(r, CandidatesFor(state, "llama3-8b"), T0(), StalenessPolicy{}, gen);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ASSERT_EQ(plain->excluded_size(), 6);
+  for (int round = 0; round < 5; ++round) {
+    const RouteTable table = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{});
+    std::vector<v1::PickResponse> answers(4);
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < answers.size(); ++t) {
+      threads.emplace_back([&, t] {
+        std::mt19937_64 g(t);
+        absl::StatusOr<v1::PickResponse> a = Pick(r, table, T0(), StalenessPolicy{}, g);
+        if (a.ok()) answers[t] = *std::move(a);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const v1::PickResponse& a : answers) {
+      EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(a, *plain)) << a.DebugString();
+    }
+  }
 }
 
 }  // namespace
