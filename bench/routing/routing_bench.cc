@@ -53,6 +53,8 @@ ABSL_FLAG(int, outstanding, 64, "calls in flight at saturation");
 ABSL_FLAG(int, channels, 2, "client connections");
 ABSL_FLAG(double, duration_s, 5, "seconds per phase (after a 1 s warm-up)");
 ABSL_FLAG(std::string, mode, "ranked", "Pick mode: ranked or one");
+ABSL_FLAG(double, paced_qps, 0,
+          "rate of the open-loop latency phase; 0: half the measured Pick saturation");
 ABSL_FLAG(bool, in_process_only, false,
           "stop after the in-process timings (for instruction counts with perf stat)");
 ABSL_FLAG(std::string, candidates, "fleet",
@@ -387,7 +389,8 @@ int Run() {
   std::fprintf(stderr, "==> Health.Check at saturation: %.0f calls/s\n", trivial_qps);
   std::fprintf(stderr, "==> CPU per call (server and client): Pick %.1f us, Health.Check %.1f us\n",
                pick_load.cpu_us_per_call(), trivial_load.cpu_us_per_call());
-  const double paced_qps = pick_qps / 2;
+  const double paced_qps =
+      absl::GetFlag(FLAGS_paced_qps) > 0 ? absl::GetFlag(FLAGS_paced_qps) : pick_qps / 2;
   std::vector<double> lat = pick_load.Paced(paced_qps, duration);
   const double p50 = Percentile(lat, 0.50);
   const double p99 = Percentile(lat, 0.99);
