@@ -84,10 +84,11 @@ struct RouteRow {
 // order) and by predicted latency (the latency pick's), the rows by the time their data goes
 // stale under `policy`, and per row the parts of its Candidate every answer copies (node id,
 // reason, measurements, labels). Pick then walks the rows best first and stops after `count`
-// qualifying ones, finding the stale rows from the front of the expiry order; the answer is the
-// one the plain scan over every row gives (router_test compares them). A table built from a node
-// list (one call) is scanned plainly. Lazily built parts are thread-safe; a table is immutable
-// otherwise.
+// qualifying ones; without constraints it finds the stale rows at the front of the expiry order,
+// with constraints it still checks every row (every exclusion is listed). BALANCED scores depend
+// on the call's best candidates and are computed per call. The answer is the one the plain scan
+// over every row gives (router_test compares them). A table built from a node list (one call) is
+// scanned plainly. Lazily built parts are thread-safe; a table is immutable otherwise.
 struct RouteTable {
   RouteTable();
   ~RouteTable();
