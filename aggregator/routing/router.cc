@@ -1,12 +1,15 @@
 #include "aggregator/routing/router.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/base/call_once.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/distributions.h"
 #include "absl/random/random.h"
@@ -105,9 +108,10 @@ enum class Why : uint8_t {
 
 // Cheap: no allocation, reads the row (and the node's labels only when labels are required);
 // Explain formats the reason only for the nodes that get one.
-Why Check(const RouteRow& r, const v1::Constraints& c, absl::Duration age,
-          const StalenessPolicy& policy) {
-  if (age > policy.Threshold(r.interval_s)) return Why::kStale;
+// `stale`: whether the row's data is stale now (decided by the caller, from the table's
+// precomputed expiry or the policy).
+Why Check(const RouteRow& r, const v1::Constraints& c, absl::Duration age, bool stale) {
+  if (stale) return Why::kStale;
   if (c.has_max_data_age_s() && absl::ToDoubleSeconds(age) > c.max_data_age_s()) {
     return Why::kDataAge;
   }
@@ -206,63 +210,161 @@ std::string Explain(Why why, const NodeState& node, const ModelState& ms, const 
   return "unknown";
 }
 
-// A node serving the model that failed a constraint; its reason is formatted only when listed.
-struct Failed {
-  const NodeState* node = nullptr;
-  const ModelState* model = nullptr;
-  absl::Duration age;
-  Why why = Why::kQualifies;
-};
-
-struct Scored {
-  const NodeState* node = nullptr;
-  const ModelState* model = nullptr;
-  const RouteRow* row = nullptr;
-  double age_s = 0;
-  double wes = 0;  // penalized WES used for scoring; 0 when never measured
-  bool has_wes = false;
-  double latency_s = 0;
-  double score = 0;
-};
-
-std::string Reason(const Scored& s) {
-  const v1::ModelSample& m = s.model->sample;
+std::string Reason(const RouteRow& r) {
+  const v1::ModelSample& m = r.model->sample;
   std::string out;
   if (m.wes().has_penalized()) {
     absl::StrAppend(&out, "penalized WES ", FormatWes(m.wes().penalized()), " tok/J");
-  } else if (s.has_wes) {
+  } else if (r.has_wes) {
     absl::StrAppend(&out, std::string(WesNullReasonName(m.wes().null_reason())),
-                    " now; last penalized WES ", FormatWes(s.wes), " tok/J");
+                    " now; last penalized WES ", FormatWes(r.wes), " tok/J");
   } else {
     absl::StrAppend(&out, "no WES measured (",
                     std::string(WesNullReasonName(m.wes().null_reason())), ")");
   }
-  absl::StrAppend(&out, ", ", std::string(ThermalStateName(StateOf(*s.model))));
+  absl::StrAppend(&out, ", ", std::string(ThermalStateName(StateOf(*r.model))));
   if (m.ttft().has_p95_s()) absl::StrAppend(&out, ", TTFT p95 ", Seconds(m.ttft().p95_s()));
   if (m.has_requests_waiting()) absl::StrAppend(&out, ", queue ", m.requests_waiting());
-  absl::StrAppend(&out, ", predicted latency ", Seconds(s.latency_s));
+  absl::StrAppend(&out, ", predicted latency ", Seconds(r.latency_s));
   return out;
 }
 
-v1::Candidate ToCandidate(const Scored& s) {
-  v1::Candidate c;
-  const v1::ModelSample& m = s.model->sample;
-  c.set_node_id(s.node->node_id);
-  c.set_score(s.score);
-  c.set_reason(Reason(s));
-  c.set_tokens_per_s(m.has_decode_tokens_per_s() ? m.decode_tokens_per_s()
-                                                 : m.wes().tokens_per_s());
-  if (const v1::Wes* w = ScoringWes(*s.model); w != nullptr) {
-    c.set_wes_penalized(w->penalized());
-    c.set_wes_raw(w->raw());
+// What every answer listing the row copies: all of its Candidate but score, weight, data age.
+void FillCandidate(const RouteRow& r, v1::Candidate* c) {
+  const v1::ModelSample& m = r.model->sample;
+  c->set_node_id(r.node->node_id);
+  c->set_reason(Reason(r));
+  c->set_tokens_per_s(m.has_decode_tokens_per_s() ? m.decode_tokens_per_s()
+                                                  : m.wes().tokens_per_s());
+  if (const v1::Wes* w = ScoringWes(*r.model); w != nullptr) {
+    c->set_wes_penalized(w->penalized());
+    c->set_wes_raw(w->raw());
   }
-  if (m.ttft().has_p95_s()) c.set_ttft_p95_s(m.ttft().p95_s());
-  if (m.has_requests_waiting()) c.set_queue(m.requests_waiting());
-  c.set_thermal_state(StateOf(*s.model));
-  c.set_data_age_s(s.age_s);
-  c.mutable_labels()->insert(s.node->labels.begin(), s.node->labels.end());
-  return c;
+  if (m.ttft().has_p95_s()) c->set_ttft_p95_s(m.ttft().p95_s());
+  if (m.has_requests_waiting()) c->set_queue(m.requests_waiting());
+  c->set_thermal_state(StateOf(*r.model));
+  c->mutable_labels()->insert(r.node->labels.begin(), r.node->labels.end());
 }
+
+// The score of a row for EFFICIENCY or LATENCY (BALANCED depends on the other candidates).
+double ObjectiveScore(const RouteRow& r, v1::Objective objective) {
+  double score = objective == v1::OBJECTIVE_LATENCY ? 1.0 / (1.0 + r.latency_s) : r.wes;
+  if (!std::isfinite(score) || score < 0) score = 0;  // never NaN, never negative
+  return score;
+}
+
+// Objectives with a precomputed order, as an index.
+int OrderSlot(v1::Objective objective) { return objective == v1::OBJECTIVE_LATENCY ? 1 : 0; }
+
+}  // namespace
+
+struct RouteTable::Lazy {
+  struct Order {
+    absl::once_flag once;
+    std::vector<uint32_t> rows;
+  };
+  struct ScoreOrder {
+    absl::once_flag once;
+    std::vector<uint32_t> rows;  // best first (ties: node id)
+    std::vector<double> score;   // per row
+  };
+  ScoreOrder by_score[2];  // OrderSlot
+  Order by_rank;           // rows with a WES, the leaderboard's order
+  Order by_latency;        // predicted latency ascending (ties: node id)
+  Order by_expiry;         // stale_at ascending
+  std::unique_ptr<std::atomic<const v1::Candidate*>[]> prebuilt;  // per row, null until used
+
+  explicit Lazy(size_t rows) : prebuilt(new std::atomic<const v1::Candidate*>[rows]) {
+    for (size_t i = 0; i < rows; ++i) prebuilt[i].store(nullptr, std::memory_order_relaxed);
+    size = rows;
+  }
+  ~Lazy() {
+    for (size_t i = 0; i < size; ++i) delete prebuilt[i].load(std::memory_order_relaxed);
+  }
+  size_t size = 0;
+};
+
+namespace {
+
+std::vector<uint32_t> AllRows(const RouteTable& t) {
+  std::vector<uint32_t> rows(t.rows.size());
+  for (uint32_t i = 0; i < rows.size(); ++i) rows[i] = i;
+  return rows;
+}
+
+const RouteTable::Lazy::ScoreOrder& ByScore(const RouteTable& t, v1::Objective objective) {
+  RouteTable::Lazy::ScoreOrder& o = t.lazy->by_score[OrderSlot(objective)];
+  absl::call_once(o.once, [&] {
+    o.score.resize(t.rows.size());
+    for (size_t i = 0; i < t.rows.size(); ++i) o.score[i] = ObjectiveScore(t.rows[i], objective);
+    o.rows = AllRows(t);
+    std::sort(o.rows.begin(), o.rows.end(), [&](uint32_t a, uint32_t b) {
+      if (o.score[a] != o.score[b]) return o.score[a] > o.score[b];
+      return t.rows[a].node->node_id < t.rows[b].node->node_id;
+    });
+  });
+  return o;
+}
+
+const std::vector<uint32_t>& ByRank(const RouteTable& t) {
+  RouteTable::Lazy::Order& o = t.lazy->by_rank;
+  absl::call_once(o.once, [&] {
+    for (uint32_t i = 0; i < t.rows.size(); ++i) {
+      if (t.rows[i].has_wes) o.rows.push_back(i);
+    }
+    std::sort(o.rows.begin(), o.rows.end(), [&](uint32_t ia, uint32_t ib) {
+      const RouteRow& a = t.rows[ia];
+      const RouteRow& b = t.rows[ib];
+      if (a.wes != b.wes) return a.wes > b.wes;
+      if (a.wes_raw != b.wes_raw) return a.wes_raw > b.wes_raw;
+      return a.node->node_id < b.node->node_id;
+    });
+  });
+  return o.rows;
+}
+
+const std::vector<uint32_t>& ByLatency(const RouteTable& t) {
+  RouteTable::Lazy::Order& o = t.lazy->by_latency;
+  absl::call_once(o.once, [&] {
+    o.rows = AllRows(t);
+    std::sort(o.rows.begin(), o.rows.end(), [&](uint32_t ia, uint32_t ib) {
+      const RouteRow& a = t.rows[ia];
+      const RouteRow& b = t.rows[ib];
+      if (a.latency_s != b.latency_s) return a.latency_s < b.latency_s;
+      return a.node->node_id < b.node->node_id;
+    });
+  });
+  return o.rows;
+}
+
+const std::vector<uint32_t>& ByExpiry(const RouteTable& t) {
+  RouteTable::Lazy::Order& o = t.lazy->by_expiry;
+  absl::call_once(o.once, [&] {
+    o.rows = AllRows(t);
+    std::stable_sort(o.rows.begin(), o.rows.end(),
+                     [&](uint32_t a, uint32_t b) { return t.stale_at[a] < t.stale_at[b]; });
+  });
+  return o.rows;
+}
+
+const v1::Candidate& Prebuilt(const RouteTable& t, uint32_t i) {
+  std::atomic<const v1::Candidate*>& slot = t.lazy->prebuilt[i];
+  const v1::Candidate* c = slot.load(std::memory_order_acquire);
+  if (c != nullptr) return *c;
+  auto built = std::make_unique<v1::Candidate>();
+  FillCandidate(t.rows[i], built.get());
+  const v1::Candidate* expected = nullptr;
+  if (slot.compare_exchange_strong(expected, built.get(), std::memory_order_acq_rel)) {
+    return *built.release();
+  }
+  return *expected;  // another call built it first
+}
+
+// A candidate: a qualifying row with its score for the requested objective.
+struct Scored {
+  uint32_t index = 0;
+  double score = 0;
+};
 
 }  // namespace
 
@@ -298,6 +400,11 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
   return Pick(request, nodes, now, policy, gen);
 }
 
+RouteTable::RouteTable() = default;
+RouteTable::~RouteTable() = default;
+RouteTable::RouteTable(RouteTable&&) noexcept = default;
+RouteTable& RouteTable::operator=(RouteTable&&) noexcept = default;
+
 RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_view model) {
   RouteTable t;
   t.rows.reserve(nodes.size());
@@ -312,13 +419,23 @@ RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_
   return t;
 }
 
-RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set) {
+RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set, const StalenessPolicy& policy) {
   RouteTable t;
   t.rows.reserve(set->nodes.size());
+  t.stale_at.reserve(set->nodes.size());
+  bool finite = true;
   for (size_t i = 0; i < set->nodes.size(); ++i) {
-    t.rows.push_back(RowOf(*set->nodes[i], *set->models[i]));
+    const RouteRow& r = t.rows.emplace_back(RowOf(*set->nodes[i], *set->models[i]));
+    t.stale_at.push_back(r.window_end + policy.Threshold(r.interval_s));
+    finite =
+        finite && std::isfinite(r.wes) && std::isfinite(r.wes_raw) && std::isfinite(r.latency_s);
   }
   t.set = std::move(set);
+  // Stale iff age > threshold, i.e. now > window_end + threshold, needs a threshold >= 0; the
+  // orders need scores that compare as a strict order.
+  t.policy = policy;
+  t.ordered = finite && policy.min >= absl::ZeroDuration() && t.rows.size() < (size_t{1} << 31);
+  if (t.ordered) t.lazy = std::make_unique<RouteTable::Lazy>(t.rows.size());
   return t;
 }
 
@@ -331,174 +448,253 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request, const RouteTable& table,
                                       absl::Time now, const StalenessPolicy& policy,
                                       absl::BitGenRef gen) {
+  v1::PickResponse out;
+  if (absl::Status s = Pick(request, table, now, policy, gen, &out); !s.ok()) return s;
+  return out;
+}
+
+absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
+                  const StalenessPolicy& policy, absl::BitGenRef gen, v1::PickResponse* out) {
   if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
+  out->Clear();
   const v1::Constraints& c = request.constraints();
   const v1::Objective objective = request.objective() == v1::OBJECTIVE_UNSPECIFIED
                                       ? v1::OBJECTIVE_EFFICIENCY
                                       : request.objective();
   const bool pick_one = request.mode() == v1::PICK_MODE_ONE;
-  absl::flat_hash_set<absl::string_view> excluded_by_request;
-  if (c.excluded_nodes_size() > 0) {
-    excluded_by_request.reserve(c.excluded_nodes_size());
-    for (const std::string& id : c.excluded_nodes()) excluded_by_request.insert(id);
-  }
+  const std::vector<RouteRow>& rows = table.rows;
+  // The table's orders and expiries hold for this call's policy.
+  const bool ordered = table.ordered && table.lazy != nullptr &&
+                       policy.multiple == table.policy.multiple && policy.min == table.policy.min;
 
-  std::vector<Scored> scored;
-  std::vector<Failed> failed;
-  scored.reserve(table.rows.size());
-  for (const RouteRow& r : table.rows) {
-    const absl::Duration age = AgeOf(r.window_end, now);
-    const Why why = !excluded_by_request.empty() && excluded_by_request.contains(r.node->node_id)
-                        ? Why::kExcludedByRequest
-                        : Check(r, c, age, policy);
-    if (why != Why::kQualifies) {
-      failed.push_back({r.node, r.model, age, why});
-      continue;
+  // Every row's first failing check (kQualifies for the candidates) and the failing rows in row
+  // order.
+  thread_local std::vector<Why> why_of;
+  thread_local std::vector<uint32_t> failed;
+  why_of.assign(rows.size(), Why::kQualifies);
+  failed.clear();
+  const bool unconstrained = c.excluded_nodes_size() == 0 && c.required_labels_size() == 0 &&
+                             !c.has_max_ttft_s() && !c.has_max_queue() &&
+                             !c.has_min_kv_headroom() && !c.has_max_data_age_s() &&
+                             c.max_thermal_state() == v1::THERMAL_STATE_UNSPECIFIED;
+  if (ordered && unconstrained) {
+    // Only staleness can fail: the stale rows are the front of the expiry order.
+    for (uint32_t i : ByExpiry(table)) {
+      if (!(now > table.stale_at[i])) break;
+      why_of[i] = Why::kStale;
+      failed.push_back(i);
     }
-    Scored s;
-    s.node = r.node;
-    s.model = r.model;
-    s.row = &r;
-    s.age_s = absl::ToDoubleSeconds(age);
-    s.latency_s = r.latency_s;
-    s.wes = r.wes;
-    s.has_wes = r.has_wes;
-    scored.push_back(s);
+    std::sort(failed.begin(), failed.end());
+  } else {
+    absl::flat_hash_set<absl::string_view> excluded_by_request;
+    if (c.excluded_nodes_size() > 0) {
+      excluded_by_request.reserve(c.excluded_nodes_size());
+      for (const std::string& id : c.excluded_nodes()) excluded_by_request.insert(id);
+    }
+    for (uint32_t i = 0; i < rows.size(); ++i) {
+      const RouteRow& r = rows[i];
+      if (!excluded_by_request.empty() && excluded_by_request.contains(r.node->node_id)) {
+        why_of[i] = Why::kExcludedByRequest;
+      } else {
+        const absl::Duration age = AgeOf(r.window_end, now);
+        const bool stale = ordered ? now > table.stale_at[i] : age > policy.Threshold(r.interval_s);
+        why_of[i] = Check(r, c, age, stale);
+      }
+      if (why_of[i] != Why::kQualifies) failed.push_back(i);
+    }
   }
+  auto age_of = [&](uint32_t i) { return AgeOf(rows[i].window_end, now); };
+  auto explain = [&](uint32_t i) {
+    return Explain(why_of[i], *rows[i].node, *rows[i].model, c, age_of(i), policy);
+  };
 
-  if (scored.empty()) {
+  if (failed.size() == rows.size()) {
     if (failed.empty()) {
       return absl::NotFoundError(absl::StrCat("no node serves model \"", request.model(), "\""));
     }
     std::string listed;
     const size_t shown = std::min(failed.size(), kMaxReasonsInMessage);
-    for (size_t i = 0; i < shown; ++i) {
-      const Failed& f = failed[i];
-      absl::StrAppend(&listed, i == 0 ? "" : "; ", f.node->node_id, ": ",
-                      Explain(f.why, *f.node, *f.model, c, f.age, policy));
+    for (size_t k = 0; k < shown; ++k) {
+      absl::StrAppend(&listed, k == 0 ? "" : "; ", rows[failed[k]].node->node_id, ": ",
+                      explain(failed[k]));
     }
     if (failed.size() > shown) absl::StrAppend(&listed, "; and ", failed.size() - shown, " more");
     return absl::NotFoundError(
         absl::StrCat("no node qualifies for model \"", request.model(), "\": ", listed));
   }
-
-  v1::PickResponse out;
-  out.set_model(request.model());
-  out.set_objective(objective);
-  double best_wes = 0;
-  double best_latency = std::numeric_limits<double>::infinity();
-  for (const Scored& s : scored) {
-    best_wes = std::max(best_wes, s.wes);
-    best_latency = std::min(best_latency, s.latency_s);
-  }
-  double best_score = 0;
-  for (Scored& s : scored) {
-    switch (objective) {
-      case v1::OBJECTIVE_LATENCY:
-        s.score = 1.0 / (1.0 + s.latency_s);
-        break;
-      case v1::OBJECTIVE_BALANCED:
-        s.score = 0.5 * (best_wes > 0 ? s.wes / best_wes : 0.0) +
-                  0.5 * (1.0 + best_latency) / (1.0 + s.latency_s);
-        break;
-      default:
-        s.score = s.wes;
-        break;
-    }
-    if (!std::isfinite(s.score) || s.score < 0) s.score = 0;  // never NaN, never negative
-    best_score = std::max(best_score, s.score);
-  }
-  // Efficiency pick: best penalized WES (the leaderboard's order); latency pick: lowest predicted
-  // latency, then node id.
-  const Scored* efficiency = nullptr;
-  const Scored* latency = nullptr;
-  // The leaderboard's order (RanksAbove): penalized WES, then raw WES, then node id.
-  auto ranks_above = [](const Scored& a, const Scored& b) {
-    if (a.row->wes != b.row->wes) return a.row->wes > b.row->wes;
-    if (a.row->wes_raw != b.row->wes_raw) return a.row->wes_raw > b.row->wes_raw;
-    return a.node->node_id < b.node->node_id;
-  };
-  for (const Scored& s : scored) {
-    if (s.has_wes && (efficiency == nullptr || ranks_above(s, *efficiency))) efficiency = &s;
-    if (latency == nullptr || s.latency_s < latency->latency_s ||
-        (s.latency_s == latency->latency_s && s.node->node_id < latency->node->node_id)) {
-      latency = &s;
-    }
-  }
-  if (efficiency != nullptr) *out.mutable_efficiency() = ToCandidate(*efficiency);
-  *out.mutable_latency() = ToCandidate(*latency);
-  double oldest = out.latency().data_age_s();
-  if (efficiency != nullptr) oldest = std::max(oldest, out.efficiency().data_age_s());
-
-  auto better = [](const Scored& a, const Scored& b) {
+  auto qualifies = [&](uint32_t i) { return why_of[i] == Why::kQualifies; };
+  auto better = [&](const Scored& a, const Scored& b) {
     if (a.score != b.score) return a.score > b.score;
-    return a.node->node_id < b.node->node_id;
+    return rows[a.index].node->node_id < rows[b.index].node->node_id;
   };
+  const uint32_t count =
+      request.count() == 0 ? kPickDefaultCount : std::min(request.count(), kPickMaxCount);
+
+  // The efficiency pick (best penalized WES, the leaderboard's order; none without a WES), the
+  // latency pick (lowest predicted latency, then node id), the best score and `chosen`: in
+  // RANKED the best `count` candidates, in ONE the band, best first (ties: node id).
+  std::optional<Scored> efficiency;
+  Scored latency;
+  double best_score = 0;
+  std::vector<Scored> chosen;
   // Within the band; with a best score of 0 every candidate is (equal weights).
-  const double floor = kWeightBand * best_score;
-  auto in_band = [&](const Scored& s) { return best_score <= 0 || s.score >= floor; };
+  auto in_band = [&](const Scored& s) {
+    return best_score <= 0 || s.score >= kWeightBand * best_score;
+  };
   auto weight_of = [&](const Scored& s) { return best_score > 0 ? s.score : 1.0; };
+
+  if (ordered && objective != v1::OBJECTIVE_BALANCED) {
+    // Best first, stopping after `count` candidates (RANKED) or at the band's end (ONE).
+    const RouteTable::Lazy::ScoreOrder& order = ByScore(table, objective);
+    for (uint32_t i : ByRank(table)) {
+      if (qualifies(i)) {
+        efficiency = Scored{i, order.score[i]};
+        break;
+      }
+    }
+    for (uint32_t i : ByLatency(table)) {
+      if (qualifies(i)) {
+        latency = Scored{i, order.score[i]};
+        break;
+      }
+    }
+    bool first = true;
+    for (uint32_t i : order.rows) {
+      if (!qualifies(i)) continue;
+      const Scored s{i, order.score[i]};
+      if (first) {
+        best_score = s.score;
+        first = false;
+      }
+      if (pick_one ? !in_band(s) : chosen.size() >= count) break;
+      chosen.push_back(s);
+    }
+  } else {
+    // The plain scan: every candidate scored, then the best selected.
+    std::vector<Scored> scored;
+    scored.reserve(rows.size() - failed.size());
+    double best_wes = 0;
+    double best_latency = std::numeric_limits<double>::infinity();
+    for (uint32_t i = 0; i < rows.size(); ++i) {
+      if (!qualifies(i)) continue;
+      scored.push_back({i, 0});
+      best_wes = std::max(best_wes, rows[i].wes);
+      best_latency = std::min(best_latency, rows[i].latency_s);
+    }
+    for (Scored& s : scored) {
+      const RouteRow& r = rows[s.index];
+      if (objective == v1::OBJECTIVE_BALANCED) {
+        s.score = 0.5 * (best_wes > 0 ? r.wes / best_wes : 0.0) +
+                  0.5 * (1.0 + best_latency) / (1.0 + r.latency_s);
+        if (!std::isfinite(s.score) || s.score < 0) s.score = 0;  // never NaN, never negative
+      } else {
+        s.score = ObjectiveScore(r, objective);
+      }
+      best_score = std::max(best_score, s.score);
+    }
+    // The leaderboard's order (RanksAbove): penalized WES, then raw WES, then node id.
+    auto ranks_above = [&](const Scored& sa, const Scored& sb) {
+      const RouteRow& a = rows[sa.index];
+      const RouteRow& b = rows[sb.index];
+      if (a.wes != b.wes) return a.wes > b.wes;
+      if (a.wes_raw != b.wes_raw) return a.wes_raw > b.wes_raw;
+      return a.node->node_id < b.node->node_id;
+    };
+    const Scored* lat = nullptr;
+    for (const Scored& s : scored) {
+      if (rows[s.index].has_wes && (!efficiency.has_value() || ranks_above(s, *efficiency))) {
+        efficiency = s;
+      }
+      const RouteRow& r = rows[s.index];
+      if (lat == nullptr || r.latency_s < rows[lat->index].latency_s ||
+          (r.latency_s == rows[lat->index].latency_s &&
+           r.node->node_id < rows[lat->index].node->node_id)) {
+        lat = &s;
+      }
+    }
+    latency = *lat;
+    if (pick_one) {
+      auto band_end = std::partition(scored.begin(), scored.end(), in_band);
+      std::sort(scored.begin(), band_end, better);
+      chosen.assign(scored.begin(), band_end);
+    } else {
+      const size_t n = std::min<size_t>(count, scored.size());
+      std::partial_sort(scored.begin(), scored.begin() + static_cast<ptrdiff_t>(n), scored.end(),
+                        better);
+      chosen.assign(scored.begin(), scored.begin() + static_cast<ptrdiff_t>(n));
+    }
+  }
+
+  // A candidate as listed: the row's fixed part (prebuilt once per table when ordered), its score
+  // and data age.
+  auto write = [&](const Scored& s, v1::Candidate* dst) {
+    if (ordered) {
+      *dst = Prebuilt(table, s.index);
+    } else {
+      FillCandidate(rows[s.index], dst);
+    }
+    dst->set_score(s.score);
+    dst->set_data_age_s(absl::ToDoubleSeconds(age_of(s.index)));
+  };
+  out->set_model(request.model());
+  out->set_objective(objective);
+  if (efficiency.has_value()) write(*efficiency, out->mutable_efficiency());
+  write(latency, out->mutable_latency());
+  double oldest = out->latency().data_age_s();
+  if (efficiency.has_value()) oldest = std::max(oldest, out->efficiency().data_age_s());
 
   if (pick_one) {
     // The band, best first, so that the lower index of two draws is the better candidate.
-    auto band_end = std::partition(scored.begin(), scored.end(), in_band);
-    std::sort(scored.begin(), band_end, better);
-    const size_t band = static_cast<size_t>(band_end - scored.begin());
+    const size_t band = chosen.size();
     std::vector<double> cumulative(band);
     double total = 0;
-    for (size_t i = 0; i < band; ++i) {
-      total += weight_of(scored[i]);
-      cumulative[i] = total;
+    for (size_t k = 0; k < band; ++k) {
+      total += weight_of(chosen[k]);
+      cumulative[k] = total;
     }
     auto draw = [&]() -> size_t {
       const double u = absl::Uniform(gen, 0.0, total);
-      const size_t i = static_cast<size_t>(
+      const size_t k = static_cast<size_t>(
           std::upper_bound(cumulative.begin(), cumulative.end(), u) - cumulative.begin());
-      return std::min(i, band - 1);
+      return std::min(k, band - 1);
     };
     const size_t a = draw();
     const size_t b = draw();
-    const Scored& winner = scored[std::min(a, b)];
-    v1::Candidate* rec = out.mutable_recommendation();
-    *rec = ToCandidate(winner);
+    const Scored& winner = chosen[std::min(a, b)];
+    auto id = [&](size_t k) -> const std::string& { return rows[chosen[k].index].node->node_id; };
+    v1::Candidate* rec = out->mutable_recommendation();
+    write(winner, rec);
     rec->set_weight(weight_of(winner) / total);
-    std::string why =
-        a == b
-            ? absl::StrCat("power of two choices: drew ", winner.node->node_id, " twice")
-            : absl::StrCat("power of two choices: drew ", scored[a].node->node_id, " and ",
-                           scored[b].node->node_id, ", ", winner.node->node_id, " scores higher");
+    std::string why = a == b ? absl::StrCat("power of two choices: drew ", id(a), " twice")
+                             : absl::StrCat("power of two choices: drew ", id(a), " and ", id(b),
+                                            ", ", id(std::min(a, b)), " scores higher");
     absl::StrAppend(&why, " (by weight among ", band, " candidates within ", kWeightBand * 100,
                     "% of the best score); ", rec->reason());
     rec->set_reason(std::move(why));
-    out.set_data_age_s(std::max(oldest, winner.age_s));
-    return out;
+    out->set_data_age_s(std::max(oldest, rec->data_age_s()));
+    return absl::OkStatus();
   }
 
-  const uint32_t count =
-      request.count() == 0 ? kPickDefaultCount : std::min(request.count(), kPickMaxCount);
-  const size_t n = std::min<size_t>(count, scored.size());
-  std::partial_sort(scored.begin(), scored.begin() + static_cast<ptrdiff_t>(n), scored.end(),
-                    better);
   double total = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (in_band(scored[i])) total += weight_of(scored[i]);
-    oldest = std::max(oldest, scored[i].age_s);
+  for (const Scored& s : chosen) {
+    if (in_band(s)) total += weight_of(s);
   }
-  out.mutable_candidates()->Reserve(static_cast<int>(n));
-  for (size_t i = 0; i < n; ++i) {
-    v1::Candidate* cand = out.add_candidates();
-    *cand = ToCandidate(scored[i]);
-    cand->set_weight(in_band(scored[i]) ? weight_of(scored[i]) / total : 0.0);
+  out->mutable_candidates()->Reserve(static_cast<int>(chosen.size()));
+  for (const Scored& s : chosen) {
+    v1::Candidate* cand = out->add_candidates();
+    write(s, cand);
+    cand->set_weight(in_band(s) ? weight_of(s) / total : 0.0);
+    oldest = std::max(oldest, cand->data_age_s());
   }
-  *out.mutable_recommendation() = out.candidates(0);
-  out.mutable_excluded()->Reserve(static_cast<int>(failed.size()));
-  for (const Failed& f : failed) {
-    v1::Exclusion* e = out.add_excluded();
-    e->set_node_id(f.node->node_id);
-    e->set_reason(Explain(f.why, *f.node, *f.model, c, f.age, policy));
+  *out->mutable_recommendation() = out->candidates(0);
+  out->mutable_excluded()->Reserve(static_cast<int>(failed.size()));
+  for (uint32_t i : failed) {
+    v1::Exclusion* e = out->add_excluded();
+    e->set_node_id(rows[i].node->node_id);
+    e->set_reason(explain(i));
   }
-  out.set_data_age_s(oldest);
-  return out;
+  out->set_data_age_s(oldest);
+  return absl::OkStatus();
 }
 
 }  // namespace fleetwes::aggregator

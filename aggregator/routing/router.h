@@ -77,16 +77,43 @@ struct RouteRow {
 };
 
 // A model's rows in node id order; `keep` holds the states the rows point into.
+//
+// A table built from a serving set is kept and shared by many calls (RouterService), so it also
+// carries what does not depend on the request, built on first use and then shared: per objective
+// the rows in score order (ties: node id), the rows by penalized WES (the efficiency pick's
+// order) and by predicted latency (the latency pick's), the rows by the time their data goes
+// stale under `policy`, and per row the parts of its Candidate every answer copies (node id,
+// reason, measurements, labels). Pick then walks the rows best first and stops after `count`
+// qualifying ones; without constraints it finds the stale rows at the front of the expiry order,
+// with constraints it still checks every row (every exclusion is listed). BALANCED scores depend
+// on the call's best candidates and are computed per call. The answer is the one the plain scan
+// over every row gives (router_test compares them). A table built from a node list (one call) is
+// scanned plainly. Lazily built parts are thread-safe; a table is immutable otherwise.
 struct RouteTable {
+  RouteTable();
+  ~RouteTable();
+  RouteTable(RouteTable&&) noexcept;
+  RouteTable& operator=(RouteTable&&) noexcept;
+
   std::vector<RouteRow> rows;
   std::vector<NodeStatePtr> keep;
   std::shared_ptr<const ServingSet> set;  // when built from one
+  // Whether Pick may use the orders and prebuilt candidates (set by the serving-set builder when
+  // every row's WES and latency are finite) and the policy `stale_at` was computed with.
+  bool ordered = false;
+  StalenessPolicy policy;
+  std::vector<absl::Time> stale_at;  // per row: stale once now > stale_at (ordered tables)
+
+  struct Lazy;                 // the orders and prebuilt candidates (router.cc)
+  std::unique_ptr<Lazy> lazy;  // non-null when `ordered`
 };
 
-// Rows of the nodes in `nodes` that serve `model` (others are skipped).
+// Rows of the nodes in `nodes` that serve `model` (others are skipped), for one plain scan.
 RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_view model);
-// Rows of a serving set (FleetState::Serving).
-RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set);
+// Rows of a serving set (FleetState::Serving), ordered for the calls that share it; staleness
+// precomputed under `policy` (a Pick with another policy scans plainly).
+RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set,
+                           const StalenessPolicy& policy = StalenessPolicy{});
 
 // `nodes`: the nodes serving the model (CandidatesFor); others are skipped. `gen` draws the
 // ONE-mode pick (a seeded generator makes it reproducible). INVALID_ARGUMENT for a bad request
@@ -104,6 +131,10 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request, const RouteTable& table,
                                       absl::Time now, const StalenessPolicy& policy,
                                       absl::BitGenRef gen);
+// The same, written into `out` (which may live on an arena; it is cleared first). On an error
+// `out` is unspecified.
+absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
+                  const StalenessPolicy& policy, absl::BitGenRef gen, v1::PickResponse* out);
 
 }  // namespace fleetwes::aggregator
 

@@ -1,7 +1,9 @@
 // Router.Pick over gRPC: the nodes serving the model and the aggregator's clock handed to Pick
 // (routing/router.h). The model's route table is built from the fleet state's serving set
 // (FleetState::Serving) and kept until that set changes, so calls between two changes to the
-// model's nodes share one table. Thread-safe.
+// model's nodes share one table (and what Pick builds on it on first use: orders, prebuilt
+// candidates). A callback service: each call is answered on the gRPC thread that received it,
+// its request and response on a per-call arena. Thread-safe.
 #ifndef FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 
@@ -21,7 +23,7 @@
 
 namespace fleetwes::aggregator {
 
-class RouterService final : public v1::Router::Service {
+class RouterService final : public v1::Router::CallbackService {
  public:
   // The nodes to pick from for a model; must be thread-safe.
   using CandidateSource = std::function<std::vector<NodeStatePtr>(absl::string_view model)>;
@@ -30,11 +32,18 @@ class RouterService final : public v1::Router::Service {
   // serving sets (and the table cache) as the source of a model's nodes.
   RouterService(const FleetState* state, Clock* clock, StalenessPolicy policy,
                 AggregatorMetrics* metrics, CandidateSource candidates = nullptr);
+  ~RouterService() override;
 
-  grpc::Status Pick(grpc::ServerContext* context, const v1::PickRequest* request,
-                    v1::PickResponse* response) override;
+  grpc::ServerUnaryReactor* Pick(grpc::CallbackServerContext* context,
+                                 const v1::PickRequest* request,
+                                 v1::PickResponse* response) override;
+
+  // What Pick answers, without the transport (counted in the metrics as a call).
+  grpc::Status Answer(const v1::PickRequest& request, v1::PickResponse* response);
 
  private:
+  class Allocator;
+
   const FleetState* const state_;
   Clock* const clock_;
   const StalenessPolicy policy_;
@@ -43,6 +52,7 @@ class RouterService final : public v1::Router::Service {
   std::shared_ptr<const RouteTable> TableFor(const std::string& model);
 
   const CandidateSource candidates_;
+  std::unique_ptr<Allocator> allocator_;  // per-call arenas
   // Models seen in requests that some node serves; bounded by the models in the fleet.
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<const RouteTable>> tables_ ABSL_GUARDED_BY(mu_);

@@ -13,12 +13,13 @@
 // --candidates=index makes the server pick over node lists built once at start, building the
 // rows on every call (the server's own path keeps each model's route table until one of its
 // nodes changes). Before the gRPC phases, the table build and Pick over a table are timed in
-// process. Requests cycle through the models (objective EFFICIENCY, count 5, --mode).
-// Prints figures and ends with one JSON line:
+// process, with the first Pick over a fresh table. Requests cycle through the models (objective
+// EFFICIENCY, count 5, --mode). Prints figures and ends with one JSON line:
 //   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -52,6 +53,10 @@ ABSL_FLAG(int, outstanding, 64, "calls in flight at saturation");
 ABSL_FLAG(int, channels, 2, "client connections");
 ABSL_FLAG(double, duration_s, 5, "seconds per phase (after a 1 s warm-up)");
 ABSL_FLAG(std::string, mode, "ranked", "Pick mode: ranked or one");
+ABSL_FLAG(double, paced_qps, 0,
+          "rate of the open-loop latency phase; 0: half the measured Pick saturation");
+ABSL_FLAG(bool, in_process_only, false,
+          "stop after the in-process timings (for instruction counts with perf stat)");
 ABSL_FLAG(std::string, candidates, "fleet",
           "where the server finds a model's nodes: fleet (CandidatesFor, as the aggregator "
           "does) or index (a per-model list built once: what a per-model index in the fleet "
@@ -93,6 +98,13 @@ void FillFleet(FleetState* state, absl::Time now, int nodes, int models, int per
   }
 }
 
+// User and system CPU time of this process so far, in microseconds.
+double ProcessCpuUs() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + u.ru_utime.tv_usec + u.ru_stime.tv_usec;
+}
+
 grpc::ByteBuffer Serialized(const google::protobuf::Message& m) {
   const std::string bytes = m.SerializeAsString();
   grpc::Slice slice(bytes);
@@ -117,6 +129,8 @@ class Load {
   // Closed loop: `outstanding` calls in flight; completions per second over `duration` after
   // a 1 s warm-up.
   double Saturate(int outstanding, absl::Duration duration) {
+    const double cpu_start = ProcessCpuUs();
+    int64_t completed = 0;
     const Clock::time_point start = Clock::now();
     const Clock::time_point measure_from = start + std::chrono::seconds(1);
     const Clock::time_point end = measure_from + absl::ToChronoNanoseconds(duration);
@@ -130,14 +144,20 @@ class Load {
       --in_flight;
       const Clock::time_point now = Clock::now();
       Check(*call);
+      ++completed;
       if (now >= measure_from && now < end) ++done;
       if (now < end) {
         Start(now);
         ++in_flight;
       }
     }
+    cpu_us_per_call_ = completed > 0 ? (ProcessCpuUs() - cpu_start) / completed : 0;
     return static_cast<double>(done) / absl::ToDoubleSeconds(duration);
   }
+
+  // CPU time of the whole process (server and client) per call completed in the last Saturate,
+  // warm-up included: what a call costs the machine, little affected by other load.
+  double cpu_us_per_call() const { return cpu_us_per_call_; }
 
   // Open loop at `qps`: call k starts at t0 + k / qps; latency from that scheduled start.
   // Returns the latencies of the calls scheduled after a 1 s warm-up, in microseconds, sorted.
@@ -215,6 +235,7 @@ class Load {
   grpc::CompletionQueue cq_;
   size_t next_ = 0;
   int64_t errors_ = 0;
+  double cpu_us_per_call_ = 0;
 };
 
 double Percentile(const std::vector<double>& sorted, double p) {
@@ -259,20 +280,23 @@ int Run() {
   const StalenessPolicy policy;
   const int kBuilds = 200;
   const absl::Time t = absl::Now();
+  const double c1 = ProcessCpuUs();
   size_t serving = 0;
   absl::flat_hash_map<std::string, RouteTable> tables;
   for (int i = 0; i < kBuilds; ++i) {
     const v1::PickRequest& r = picks[i % picks.size()];
-    RouteTable table = BuildRouteTable(state.Serving(r.model()));
+    RouteTable table = BuildRouteTable(state.Serving(r.model()), policy);
     serving += table.rows.size();
     tables[r.model()] = std::move(table);
   }
   const double build_us = absl::ToDoubleMicroseconds(absl::Now() - t) / kBuilds;
+  const double build_cpu_us = (ProcessCpuUs() - c1) / kBuilds;
   std::fprintf(stderr, "==> in process: %.1f us per route table built (%zu nodes per model)\n",
                build_us, serving / kBuilds);
   const int kPickOnly = 20000;
   absl::BitGen gen_for_bench;
   const absl::Time t2 = absl::Now();
+  const double c2 = ProcessCpuUs();
   for (int i = 0; i < kPickOnly; ++i) {
     const v1::PickRequest& r = picks[i % picks.size()];
     absl::StatusOr<v1::PickResponse> resp =
@@ -283,8 +307,23 @@ int Run() {
     }
   }
   const double pick_only_us = absl::ToDoubleMicroseconds(absl::Now() - t2) / kPickOnly;
+  const double pick_only_cpu_us = (ProcessCpuUs() - c2) / kPickOnly;
+  std::fprintf(stderr, "==> in process, CPU time: %.1f us per table built, %.1f us per Pick\n",
+               build_cpu_us, pick_only_cpu_us);
   std::fprintf(stderr, "==> in process: %.1f us per Pick over the model's route table\n",
                pick_only_us);
+  // The first call after a change: a fresh table and one Pick over it (which builds the
+  // table's orders and the candidates it lists).
+  const absl::Time t3 = absl::Now();
+  for (int i = 0; i < kBuilds; ++i) {
+    const v1::PickRequest& r = picks[i % picks.size()];
+    const RouteTable table = BuildRouteTable(state.Serving(r.model()), policy);
+    if (!Pick(r, table, clock.Now(), policy, gen_for_bench).ok()) return 1;
+  }
+  const double first_pick_us = absl::ToDoubleMicroseconds(absl::Now() - t3) / kBuilds;
+  std::fprintf(stderr, "==> in process: %.1f us per table built and first Pick over it\n",
+               first_pick_us);
+  if (absl::GetFlag(FLAGS_in_process_only)) return 0;
   // For --candidates=index: node lists built once, rows built on every call.
   absl::flat_hash_map<std::string, std::vector<NodeStatePtr>> index;
   for (const v1::PickRequest& r : picks) index[r.model()] = CandidatesFor(state, r.model());
@@ -348,7 +387,10 @@ int Run() {
   Load trivial_load(&stubs, kHealthMethod, {health_body});
   const double trivial_qps = trivial_load.Saturate(outstanding, duration);
   std::fprintf(stderr, "==> Health.Check at saturation: %.0f calls/s\n", trivial_qps);
-  const double paced_qps = pick_qps / 2;
+  std::fprintf(stderr, "==> CPU per call (server and client): Pick %.1f us, Health.Check %.1f us\n",
+               pick_load.cpu_us_per_call(), trivial_load.cpu_us_per_call());
+  const double paced_qps =
+      absl::GetFlag(FLAGS_paced_qps) > 0 ? absl::GetFlag(FLAGS_paced_qps) : pick_qps / 2;
   std::vector<double> lat = pick_load.Paced(paced_qps, duration);
   const double p50 = Percentile(lat, 0.50);
   const double p99 = Percentile(lat, 0.99);
@@ -366,12 +408,20 @@ int Run() {
   j["candidates"] = absl::GetFlag(FLAGS_candidates);
   j["table_build_us"] = build_us;
   j["pick_only_us"] = pick_only_us;
+  j["table_build_cpu_us"] = build_cpu_us;
+  j["pick_only_cpu_us"] = pick_only_cpu_us;
+  j["first_pick_us"] = first_pick_us;
   j["pick_qps"] = pick_qps;
   j["pick_p50_us"] = p50;
   j["pick_p99_us"] = p99;
   j["paced_qps"] = paced_qps;
   j["trivial_qps"] = trivial_qps;
   j["ratio"] = trivial_qps > 0 ? pick_qps / trivial_qps : 0;
+  j["pick_cpu_us"] = pick_load.cpu_us_per_call();
+  j["trivial_cpu_us"] = trivial_load.cpu_us_per_call();
+  j["cpu_ratio"] = pick_load.cpu_us_per_call() > 0
+                       ? trivial_load.cpu_us_per_call() / pick_load.cpu_us_per_call()
+                       : 0;
   j["errors"] = errors;
   std::printf("%s\n", j.dump().c_str());
   return errors == 0 ? 0 : 1;

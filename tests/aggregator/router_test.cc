@@ -7,8 +7,10 @@
 #include <map>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -17,6 +19,7 @@
 #include "aggregator/metrics.h"
 #include "aggregator/routing/router_service.h"
 #include "common/clock.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "tests/aggregator/test_frames.h"
 
 namespace fleetwes::aggregator {
@@ -314,7 +317,7 @@ TEST_F(RouterTest, TheServiceAnswersFromTheLatestStateAndAsPickDoes) {
   Add("b", {.tokens_per_s = 40, .watts = 100});
   v1::PickRequest req = Request();
   v1::PickResponse resp;
-  ASSERT_TRUE(service.Pick(nullptr, &req, &resp).ok());
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
   EXPECT_EQ(resp.efficiency().node_id(), "a");
   EXPECT_EQ(resp.candidates_size(), 2);
   absl::StatusOr<v1::PickResponse> direct = Pick(req);
@@ -323,22 +326,22 @@ TEST_F(RouterTest, TheServiceAnswersFromTheLatestStateAndAsPickDoes) {
 
   // b gets better: the table the service kept must not hide it.
   Add("b", {.tokens_per_s = 90, .watts = 100}, T0() + absl::Milliseconds(500));
-  ASSERT_TRUE(service.Pick(nullptr, &req, &resp).ok());
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
   EXPECT_EQ(resp.efficiency().node_id(), "b");
   EXPECT_DOUBLE_EQ(resp.efficiency().wes_penalized(), 0.9);
 
   // Labels a Hello changes count at once.
   req.mutable_constraints()->mutable_required_labels()->insert({"zone", "b"});
-  EXPECT_EQ(service.Pick(nullptr, &req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(service.Answer(req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
   state_.ApplyHello(MakeHello("a", "boot", {{"zone", "b"}}), T0());
-  ASSERT_TRUE(service.Pick(nullptr, &req, &resp).ok());
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
   EXPECT_EQ(resp.recommendation().node_id(), "a");
 
   // Bad and unknown models are answered without a table.
   req.set_model("");
-  EXPECT_EQ(service.Pick(nullptr, &req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(service.Answer(req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   req.set_model("mistral-7b");
-  EXPECT_EQ(service.Pick(nullptr, &req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(service.Answer(req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 // WES 1.00, 0.90, 0.85, 0.50 tok/J: the band is score >= 0.8, so the last one gets no weight.
@@ -643,6 +646,154 @@ TEST_F(RouterTest, NanNegativeAndOutOfRangeConstraintsAreInvalidArgument) {
   req = Request();
   req.set_model(std::string(300, 'm'));
   EXPECT_EQ(Pick(req).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The table the service keeps (orders, expiry order, prebuilt candidates) answers exactly as the
+// plain scan over the node list does: random fleets (score ties, idle and stale nodes, nodes
+// without the model) and random requests (every objective and mode, counts, each constraint),
+// over one table as time passes.
+TEST(RouteTableTest, OrderedTableAnswersAsThePlainScan) {
+  std::mt19937_64 rnd(20260102);
+  auto pick = [&](auto... options) {
+    const std::vector<int> v = {options...};
+    return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rnd)];
+  };
+  auto chance = [&](double p) { return std::uniform_real_distribution<>(0, 1)(rnd) < p; };
+  const StalenessPolicy policy;
+  int compared = 0;
+  int ok_answers = 0;
+  for (int fleet = 0; fleet < 30; ++fleet) {
+    FleetState state;
+    const int nodes = pick(1, 3, 8, 25, 60);
+    for (int n = 0; n < nodes; ++n) {
+      const std::string id = absl::StrCat("n-", pick(0, 1, 2, 3, 4, 5, 6, 7, 8, 9), "-", n);
+      state.ApplyHello(MakeHello(id, "boot", {{"zone", chance(0.5) ? "a" : "b"}, {"tier", "gpu"}}),
+                       T0());
+      ModelSpec spec;
+      spec.model = chance(0.9) ? "llama3-8b" : "qwen2-7b";
+      spec.tokens_per_s = pick(0, 40, 80, 80, 120, 300);  // ties on purpose
+      spec.watts = pick(40, 80, 100);
+      spec.state = static_cast<v1::ThermalState>(pick(1, 1, 2, 3, 4));
+      spec.ttft_p95_s = chance(0.8) ? std::optional<double>(pick(1, 2, 5) * 0.1) : std::nullopt;
+      spec.waiting = chance(0.8) ? std::optional<uint32_t>(pick(0, 1, 4)) : std::nullopt;
+      spec.running = spec.tokens_per_s > 0 ? pick(1, 2, 8) : 0;
+      spec.kv_cache_usage = chance(0.8) ? std::optional<double>(pick(1, 5, 9) * 0.1) : std::nullopt;
+      // Data 0 to 24 s old at T0 (stale after 10 s at 2 s intervals); some idle now after a
+      // busy window.
+      const absl::Time end = T0() - absl::Seconds(pick(0, 1, 2, 5, 9, 10, 11, 24));
+      if (spec.tokens_per_s == 0 && chance(0.5)) {
+        ModelSpec busy = spec;
+        busy.tokens_per_s = 100;
+        busy.running = 1;
+        v1::Frame f = MakeFrame(id, "boot", 1, end - absl::Seconds(2), busy);
+        RecomputeWes(ThermalPenalties{}, &f);
+        state.ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
+      }
+      v1::Frame f = MakeFrame(id, "boot", 2, end, spec);
+      RecomputeWes(ThermalPenalties{}, &f);
+      state.ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
+    }
+    const RouteTable table = BuildRouteTable(state.Serving("llama3-8b"), policy);
+    ASSERT_TRUE(table.ordered);
+    const std::vector<NodeStatePtr> list = CandidatesFor(state, "llama3-8b");
+    for (int q = 0; q < 40; ++q) {
+      v1::PickRequest r;
+      r.set_model("llama3-8b");
+      r.set_objective(static_cast<v1::Objective>(pick(0, 1, 2, 3)));
+      r.set_mode(static_cast<v1::PickMode>(pick(0, 1, 2)));
+      r.set_count(pick(0, 1, 2, 5, 200));
+      v1::Constraints* c = r.mutable_constraints();
+      if (chance(0.5)) {  // half the requests unconstrained
+        if (chance(0.3)) c->add_excluded_nodes(list.empty() ? "x" : list[q % list.size()]->node_id);
+        if (chance(0.3)) (*c->mutable_required_labels())["zone"] = "a";
+        if (chance(0.3)) c->set_max_thermal_state(v1::THERMAL_STATE_FAIR);
+        if (chance(0.3)) c->set_min_kv_headroom(0.4);
+        if (chance(0.3)) c->set_max_queue(pick(0, 1));
+        if (chance(0.3)) c->set_max_ttft_s(0.3);
+        if (chance(0.3)) c->set_max_data_age_s(pick(1, 6));
+      }
+      const absl::Time now = T0() + absl::Seconds(pick(-30, 0, 1, 3, 8, 30));
+      std::mt19937_64 gen_plain(q);
+      std::mt19937_64 gen_table(q);
+      absl::StatusOr<v1::PickResponse> plain = Pick(r, list, now, policy, gen_plain);
+      absl::StatusOr<v1::PickResponse> ordered = Pick(r, table, now, policy, gen_table);
+      ASSERT_EQ(plain.status(), ordered.status()) << r.DebugString();
+      ++compared;
+      if (!plain.ok()) continue;
+      ++ok_answers;
+      EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*plain, *ordered))
+          << r.DebugString() << "\nplain:\n"
+          << plain->DebugString() << "\nordered:\n"
+          << ordered->DebugString();
+    }
+  }
+  EXPECT_EQ(compared, 30 * 40);
+  EXPECT_GT(ok_answers, 300);  // the comparison covers answers, not only errors
+}
+
+// A table built under another staleness policy than the call's is scanned plainly.
+TEST(RouteTableTest, AnotherPolicyThanTheTablesIsScannedPlainly) {
+  FleetState state;
+  for (int age : {1, 12, 25}) {
+    const std::string id = absl::StrCat("node-", age);
+    state.ApplyHello(MakeHello(id, "boot", {}), T0());
+    v1::Frame f = MakeFrame(id, "boot", 1, T0() - absl::Seconds(age), {});
+    RecomputeWes(ThermalPenalties{}, &f);
+    state.ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), T0());
+  }
+  const RouteTable table = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{});
+  v1::PickRequest r;
+  r.set_model("llama3-8b");
+  std::mt19937_64 gen(1);
+  absl::StatusOr<v1::PickResponse> as_built = Pick(r, table, T0(), StalenessPolicy{}, gen);
+  ASSERT_TRUE(as_built.ok());
+  EXPECT_EQ(as_built->candidates_size(), 1);
+  StalenessPolicy lenient;
+  lenient.min = absl::Seconds(20);
+  absl::StatusOr<v1::PickResponse> other = Pick(r, table, T0(), lenient, gen);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->candidates_size(), 2);
+  ASSERT_EQ(other->excluded_size(), 1);
+  EXPECT_EQ(other->excluded(0).node_id(), "node-25");
+}
+
+// Calls sharing a fresh table build its orders and prebuilt candidates once, whichever thread
+// comes first, and all answer as the plain scan.
+TEST(RouteTableTest, ConcurrentCallsOnAFreshTableAnswerAlike) {
+  FleetState state;
+  for (int n = 0; n < 40; ++n) {
+    const std::string id = absl::StrCat("node-", n);
+    state.ApplyHello(MakeHello(id, "boot", {{"zone", n % 2 == 0 ? "a" : "b"}}), T0());
+    const absl::Time end = T0() - absl::Seconds(n % 7 == 0 ? 30 : 1);
+    v1::Frame f = MakeFrame(id, "boot", 1, end,
+                            {.tokens_per_s = 10.0 + (n * 37) % 90, .watts = 50.0 + n % 5});
+    RecomputeWes(ThermalPenalties{}, &f);
+    state.ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
+  }
+  v1::PickRequest r;
+  r.set_model("llama3-8b");
+  r.set_count(8);
+  std::mt19937_64 gen(1);
+  absl::StatusOr<v1::PickResponse> plain =
+      Pick(r, CandidatesFor(state, "llama3-8b"), T0(), StalenessPolicy{}, gen);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ASSERT_EQ(plain->excluded_size(), 6);
+  for (int round = 0; round < 5; ++round) {
+    const RouteTable table = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{});
+    std::vector<v1::PickResponse> answers(4);
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < answers.size(); ++t) {
+      threads.emplace_back([&, t] {
+        std::mt19937_64 g(t);
+        absl::StatusOr<v1::PickResponse> a = Pick(r, table, T0(), StalenessPolicy{}, g);
+        if (a.ok()) answers[t] = *std::move(a);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const v1::PickResponse& a : answers) {
+      EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(a, *plain)) << a.DebugString();
+    }
+  }
 }
 
 }  // namespace
