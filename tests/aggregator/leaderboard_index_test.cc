@@ -203,7 +203,7 @@ TEST(RankIndexTest, MatchesAReferenceThroughBlockSplitsAndMerges) {
   std::mt19937 rng(42);
   RankIndex index;
   ReferenceIndex ref;
-  const size_t kIds = 3 * RankIndex::kMaxBlock;
+  const size_t kIds = 8 * RankIndex::kMaxBlock;
   auto id_of = [](size_t i) { return absl::StrCat(i % 3 == 0 ? "edge-" : "n", i); };
   auto value = [&] { return static_cast<double>(rng() % 16) / 4; };
   size_t max_blocks = 0;
