@@ -3,17 +3,20 @@
 //
 // Layout, a sorted list of sorted blocks: the order is cut into blocks of compact items (the two
 // values and the index of the node's Entry, 24 bytes), each block a contiguous array, with the
-// blocks' last items and sizes in two small arrays alongside. Finding a position is a binary
-// search over the blocks' last items, then one within the block; a rank is the sum of the sizes
-// of the blocks before, plus the position. A block that grows past kMaxBlock items is split in
-// two; one that shrinks below kMinBlock is merged into a neighbour (and split again if the
-// result is too large), so that every block but a lone one holds kMinBlock..kMaxBlock items.
+// blocks' last items and a Fenwick tree of their sizes alongside. Finding a position is a binary
+// search over the blocks' last items, then one within the block; a rank is the number of items
+// in the blocks before (from the Fenwick tree), plus the position. A block that grows past
+// kMaxBlock items is split in two; one that shrinks below kMinBlock is merged into a neighbour
+// (and split again if the result is too large), so that every block but a lone one holds
+// kMinBlock..kMaxBlock items.
 //
-// Costs with n nodes: Move, Remove and Rank take one hash lookup, O(log n) comparisons,
-// O(n / kMinBlock) additions for the rank and a memmove of at most kMaxBlock items (12 KB);
-// a split or merge adds O(n / kMinBlock) moves of block handles. ForEach is O(1) per entry.
-// At 100,000 nodes (about 260 blocks) an update measures well under 1 us (docs/benchmarks.md,
-// bench/leaderboard); the linear terms would dominate only from millions of nodes.
+// Costs with n nodes: Move, Remove and Rank take one hash lookup and O(log n) comparisons and
+// additions, Move and Remove a memmove of at most kMaxBlock items (3 KB) too. A split or merge
+// rebuilds the block arrays and the Fenwick tree in O(n / kMinBlock); a split leaves halves
+// kMinBlock items from either bound and a merge (followed by at most one split) a block at least
+// kMinBlock - 1 above the lower one, so there are at most about two per kMinBlock changes to a
+// block. ForEach is O(1) per entry. At 100,000 nodes (about 1,000 blocks) an update measures
+// under 1 us (docs/benchmarks.md, bench/leaderboard).
 #ifndef FLEETWES_AGGREGATOR_FLEET_RANK_INDEX_H_
 #define FLEETWES_AGGREGATOR_FLEET_RANK_INDEX_H_
 
