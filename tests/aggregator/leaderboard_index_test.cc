@@ -4,9 +4,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -130,6 +135,149 @@ TEST(RankIndexTest, MatchesAFullSortUnderRandomUpdates) {
   });
   ASSERT_EQ(index.size(), expected.size());
   for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(index.Rank(expected[i]), i + 1);
+}
+
+// A plain reference for RankIndex: the same order in a std::set, ranks by counting.
+class ReferenceIndex {
+ public:
+  using Key = std::tuple<double, double, std::string>;
+  std::pair<size_t, size_t> Move(const std::string& id, double p, double r) {
+    const size_t before = Rank(id);
+    if (auto it = values_.find(id); it != values_.end()) {
+      order_.erase(Key{it->second.first, it->second.second, id});
+    }
+    values_[id] = {p, r};
+    order_.insert(Key{p, r, id});
+    return {before, Rank(id)};
+  }
+  size_t Remove(const std::string& id) {
+    const size_t rank = Rank(id);
+    if (auto it = values_.find(id); it != values_.end()) {
+      order_.erase(Key{it->second.first, it->second.second, id});
+      values_.erase(it);
+    }
+    return rank;
+  }
+  size_t Rank(const std::string& id) const {
+    auto it = values_.find(id);
+    if (it == values_.end()) return 0;
+    const auto at = order_.find(Key{it->second.first, it->second.second, id});
+    return static_cast<size_t>(std::distance(order_.begin(), at)) + 1;
+  }
+  std::vector<Key> Top(size_t n) const {
+    std::vector<Key> out;
+    for (const Key& k : order_) {
+      if (out.size() == n) break;
+      out.push_back(k);
+    }
+    return out;
+  }
+  size_t size() const { return values_.size(); }
+
+ private:
+  struct Above {
+    bool operator()(const Key& a, const Key& b) const {
+      if (std::get<0>(a) != std::get<0>(b)) return std::get<0>(a) > std::get<0>(b);
+      if (std::get<1>(a) != std::get<1>(b)) return std::get<1>(a) > std::get<1>(b);
+      return std::get<2>(a) < std::get<2>(b);
+    }
+  };
+  std::set<Key, Above> order_;
+  std::map<std::string, std::pair<double, double>> values_;
+};
+
+std::vector<ReferenceIndex::Key> Top(const RankIndex& index, size_t n) {
+  std::vector<ReferenceIndex::Key> out;
+  index.ForEach([&](const RankIndex::Entry& e) {
+    if (out.size() == n) return false;
+    out.emplace_back(e.penalized, e.raw, e.node_id);
+    return true;
+  });
+  return out;
+}
+
+// Every operation's answer equals the reference's, while the index grows past several block
+// splits, shrinks through merges down to empty and grows again; values are coarse so that many
+// nodes tie on both and are ordered by node id.
+TEST(RankIndexTest, MatchesAReferenceThroughBlockSplitsAndMerges) {
+  std::mt19937 rng(42);
+  RankIndex index;
+  ReferenceIndex ref;
+  const size_t kIds = 8 * RankIndex::kMaxBlock;
+  auto id_of = [](size_t i) { return absl::StrCat(i % 3 == 0 ? "edge-" : "n", i); };
+  auto value = [&] { return static_cast<double>(rng() % 16) / 4; };
+  size_t max_blocks = 0;
+  // Phases: grow (mostly inserts), churn, shrink (mostly removes), grow again.
+  for (int remove_pct : {5, 30, 95, 20}) {
+    for (int step = 0; step < 4000; ++step) {
+      const std::string id = id_of(rng() % kIds);
+      const int op = static_cast<int>(rng() % 100);
+      if (op < remove_pct) {
+        ASSERT_EQ(index.Remove(id), ref.Remove(id)) << id;
+      } else {
+        const double p = value();
+        const double r = rng() % 2 == 0 ? p : value();
+        ASSERT_EQ(index.Move(id, p, r), ref.Move(id, p, r)) << id << " " << p << " " << r;
+      }
+      ASSERT_EQ(index.size(), ref.size());
+      // Every block but a lone one holds kMinBlock..kMaxBlock items.
+      ASSERT_LE(index.blocks(), std::max<size_t>(1, index.size() / RankIndex::kMinBlock));
+      ASSERT_GE(index.blocks() * RankIndex::kMaxBlock, index.size());
+      max_blocks = std::max(max_blocks, index.blocks());
+      if (step % 97 == 0) {
+        const std::string probe = id_of(rng() % kIds);
+        ASSERT_EQ(index.Rank(probe), ref.Rank(probe)) << probe;
+        ASSERT_EQ(index.Contains(probe), ref.Rank(probe) != 0);
+        const size_t n = rng() % 700;
+        ASSERT_EQ(Top(index, n), ref.Top(n));
+      }
+    }
+    // The whole order, and every node's rank.
+    const std::vector<ReferenceIndex::Key> all = ref.Top(ref.size());
+    ASSERT_EQ(Top(index, all.size() + 1), all);
+    for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(index.Rank(std::get<2>(all[i])), i + 1);
+  }
+  EXPECT_GE(max_blocks, 3u);
+}
+
+// Exactly at the block bounds: kMaxBlock items fill one block, one more splits it; removing
+// below kMinBlock merges; the index empties and refills. Inserted at the end, at the front and
+// in the middle, as a fleet whose nodes arrive in order would.
+TEST(RankIndexTest, KeepsItsOrderAtTheBlockBounds) {
+  for (int where : {0, 1, 2}) {
+    RankIndex index;
+    ReferenceIndex ref;
+    auto value = [&](size_t i) -> double {
+      if (where == 0) return -static_cast<double>(i);  // each below the others: appended
+      if (where == 1) return static_cast<double>(i);   // each above the others: at the front
+      return static_cast<double>(i % 2 == 0 ? i : 2 * RankIndex::kMaxBlock - i);
+    };
+    for (size_t i = 0; i < RankIndex::kMaxBlock; ++i) {
+      const std::string id = absl::StrFormat("n%05d", i);
+      ASSERT_EQ(index.Move(id, value(i), 1), ref.Move(id, value(i), 1));
+    }
+    EXPECT_EQ(index.blocks(), 1u);
+    ASSERT_EQ(index.Move("extra", 0.5, 1), ref.Move("extra", 0.5, 1));
+    EXPECT_EQ(index.blocks(), 2u);
+    ASSERT_EQ(Top(index, 10'000), ref.Top(10'000));
+    // Removing from the front until the first block is short merges it with the second.
+    while (index.size() > 1) {
+      const std::string id = std::get<2>(ref.Top(1)[0]);
+      ASSERT_EQ(index.Remove(id), 1u);
+      ref.Remove(id);
+      ASSERT_EQ(index.Rank("extra"), ref.Rank("extra"));
+      if (index.size() < 2 * RankIndex::kMinBlock) ASSERT_EQ(index.blocks(), 1u);
+    }
+    const std::string last = std::get<2>(ref.Top(1)[0]);
+    ASSERT_EQ(index.Remove(last), 1u);
+    EXPECT_EQ(index.size(), 0u);
+    EXPECT_EQ(index.blocks(), 0u);
+    EXPECT_EQ(index.Rank(last), 0u);
+    EXPECT_FALSE(index.Contains(last));
+    EXPECT_EQ(index.Move("again", 1, 1), (std::pair<size_t, size_t>{0, 1}));
+    EXPECT_EQ(index.Move("again", 2, 1), (std::pair<size_t, size_t>{1, 1}));
+    EXPECT_EQ(Top(index, 5), (std::vector<ReferenceIndex::Key>{{2.0, 1.0, "again"}}));
+  }
 }
 
 class IndexTest : public ::testing::Test {
