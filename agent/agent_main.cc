@@ -30,7 +30,6 @@ ABSL_FLAG(std::string, config, "/etc/fleetwes/agent.yaml",
 ABSL_FLAG(bool, check_config, false,
           "Validate the config, print a summary or the error, exit 0 (valid) or 1. Flag names "
           "may also be written with dashes: --check-config, --log-level.");
-ABSL_FLAG(bool, version, false, "Print the version and exit.");
 ABSL_FLAG(bool, once, false,
           "Take one window (read, wait --window, read again), print its frame as JSON on "
           "stdout and exit. Needs no aggregator.");
@@ -78,6 +77,8 @@ int main(int argc, char** argv) {
     return absl::EndsWith(file, "agent_main.cc");
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  // --version is absl's own flag: it prints this and exits 0.
+  usage.version_string = [] { return "fleetwes-agent " + std::string(fleetwes::Version()) + "\n"; };
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "measures this node's inference engines and hardware and streams one\n"
@@ -93,11 +94,6 @@ int main(int argc, char** argv) {
   std::vector<char*> arg_ptrs;
   for (std::string& a : args) arg_ptrs.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
-
-  if (absl::GetFlag(FLAGS_version)) {
-    std::cout << "fleetwes-agent " << fleetwes::Version() << "\n";
-    return 0;
-  }
 
   const std::string path = absl::GetFlag(FLAGS_config);
   absl::StatusOr<fleetwes::agent::AgentConfig> config = fleetwes::agent::LoadConfig(path);

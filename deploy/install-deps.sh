@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything fleetwes needs to build, test and run on Debian 12, from Debian's packages.
-# (prometheus: its promtool lints the /metrics expositions in the tests.)
+# (prometheus: its promtool lints the /metrics expositions in the tests; libgrpc-dev, libc-ares-dev,
+# libre2-dev and the other -dev packages provide the static archives fleetwes-agent is linked from.)
 # Idempotent and non-interactive: packages already present are left alone.
 set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config git ca-certificates curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libgrpc-dev libc-ares-dev libre2-dev
   libabsl-dev libpq-dev libpqxx-dev libyaml-cpp-dev libspdlog-dev libfmt-dev
   prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev

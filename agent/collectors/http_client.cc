@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "agent/config.h"
@@ -136,6 +137,12 @@ absl::StatusOr<HttpResponse> HttpClient::Get(std::string_view path, absl::Durati
       [&](const httplib::Response& response) {
         out.status = response.status;
         out.content_type = response.get_header_value("Content-Type");
+        // The body arrives in small pieces: room for all of it at once (a vLLM exposition is
+        // some 50 KB) instead of a copy at every doubling. Never more than the cap.
+        uint64_t length = 0;
+        if (absl::SimpleAtoi(response.get_header_value("Content-Length"), &length)) {
+          out.body.reserve(std::min<uint64_t>(length, max_body_bytes_));
+        }
         return true;
       },
       [&](const char* data, size_t length) {

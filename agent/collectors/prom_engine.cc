@@ -206,7 +206,8 @@ EngineReading PromEngineCollector::Read() {
     (*models)[0].model = std::move(name);
   }
 
-  if (version_.empty() && !spec_.version_path.empty()) {
+  if (version_.empty() && !spec_.version_path.empty() &&
+      version_reads_++ % kVersionRetryReads == 0) {
     absl::StatusOr<HttpResponse> v = http_.Get(spec_.version_path, budget.Remaining());
     if (v.ok() && v->status == 200) {
       nlohmann::json j = nlohmann::json::parse(v->body, nullptr, /*allow_exceptions=*/false);

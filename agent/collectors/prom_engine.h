@@ -63,10 +63,14 @@ absl::StatusOr<std::vector<ModelReading>> ParsePromEngineMetrics(const PromEngin
                                                                  std::string_view body,
                                                                  DetectedNames* detected = nullptr);
 
-// Reads GET /metrics (and /v1/models when the metrics name no model; the version endpoint once).
+// Reads GET /metrics (and /v1/models when the metrics name no model; the version endpoint until
+// it answers once, then never again; while it does not, at most every kVersionRetryReads reads).
 // Not thread-safe: one Read() at a time. Never throws.
 class PromEngineCollector : public EngineCollector {
  public:
+  // A server without the version endpoint (a proxy, an old build) is not asked every window.
+  static constexpr uint64_t kVersionRetryReads = 150;
+
   PromEngineCollector(EngineConfig config, v1::EngineKind kind, PromEngineSpec spec);
 
   const std::string& engine_id() const override { return config_.name; }
@@ -87,6 +91,7 @@ class PromEngineCollector : public EngineCollector {
   const PromEngineSpec spec_;
   HttpClient http_;
   std::string version_;
+  uint64_t version_reads_ = 0;  // successful /metrics reads while version_ is unknown
   DetectedNames detected_;
   std::atomic<uint64_t> failed_reads_{0};
 };

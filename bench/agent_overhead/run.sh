@@ -115,8 +115,10 @@ say "ingest sink, engines, agent"
 pids+=($!)
 wait_file "$work/sink.port" 10
 
+# --help exits 1 (absl): capture it first, so that pipefail does not turn a match into a miss.
+engine_help=$("$bin/fleetwes-replay-engine" --help 2>&1 || true)
 engine_kinds=(llamacpp vllm)
-if "$bin/fleetwes-replay-engine" --help 2>&1 | grep -q ollama; then
+if grep -q ollama <<<"$engine_help"; then
   engine_kinds+=(ollama)
 else
   engine_kinds+=(sglang)
@@ -129,7 +131,7 @@ for kind in "${engine_kinds[@]}"; do
   # Idle connections stay open 5 s, as llama-server and uvicorn (vLLM, SGLang) keep them, so the
   # agent reuses its connection from one tick to the next as it does against real engines.
   keep_alive=()
-  if "$bin/fleetwes-replay-engine" --help 2>&1 | grep -q keep_alive_s; then
+  if grep -q keep_alive_s <<<"$engine_help"; then
     keep_alive=(--keep_alive_s=5)
   fi
   "$bin/fleetwes-replay-engine" --kind="$kind" --port_file="$work/$kind.port" \
@@ -150,7 +152,7 @@ done
       "${engine_port[$kind]}"
   done
 } >"$work/agent.yaml"
-if "$bin/fleetwes-agent" --help 2>&1 | grep -q 7472; then
+if grep -q 7472 <<<"$("$bin/fleetwes-agent" --help 2>&1 || true)"; then
   # Keep the agent's local HTTP on a free port so a running agent on this host does not clash.
   printf 'http:\n  listen: 127.0.0.1:%s\n' "$(free_port)" >>"$work/agent.yaml"
 fi

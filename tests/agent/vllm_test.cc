@@ -189,6 +189,22 @@ TEST_F(VllmCollectorTest, OldServerWindow) {
   EXPECT_EQ(c.detected().tpot, "vllm:time_per_output_token_seconds");
 }
 
+TEST_F(VllmCollectorTest, VersionEndpointMissingIsNotAskedEveryRead) {
+  PromSimOptions o;
+  o.fixture = kOld;
+  Start(o);
+  VllmCollector c(Config());
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(c.Read().available);
+  EXPECT_EQ(server_.hits("/version"), 1);
+  for (uint64_t i = 3; i < PromEngineCollector::kVersionRetryReads; ++i) c.Read();
+  EXPECT_EQ(server_.hits("/version"), 1);
+  server_.SetRoute("/version", ReplayResponse{200, "application/json", R"({"version":"0.4.3"})"});
+  EXPECT_EQ(c.Read().version, "0.4.3");
+  EXPECT_EQ(server_.hits("/version"), 2);
+  EXPECT_EQ(c.Read().version, "0.4.3");
+  EXPECT_EQ(server_.hits("/version"), 2);
+}
+
 TEST_F(VllmCollectorTest, NewServerWindow) {
   PromSimOptions o;
   o.fixture = kNew;
