@@ -2,15 +2,14 @@
 
 #include <algorithm>
 
+#include "aggregator/fleet/rank_index.h"
 #include "aggregator/proto_time.h"
 
 namespace fleetwes::aggregator {
 
 bool RanksAbove(const v1::Wes& a, absl::string_view a_node, const v1::Wes& b,
                 absl::string_view b_node) {
-  if (a.penalized() != b.penalized()) return a.penalized() > b.penalized();
-  if (a.raw() != b.raw()) return a.raw() > b.raw();
-  return a_node < b_node;
+  return RanksAbove(a.penalized(), a.raw(), a_node, b.penalized(), b.raw(), b_node);
 }
 
 namespace {

@@ -7,15 +7,13 @@
 namespace fleetwes::aggregator {
 
 bool RankIndex::Above(const Item& item, const Key& key) const {
-  if (item.penalized != key.penalized) return item.penalized > key.penalized;
-  if (item.raw != key.raw) return item.raw > key.raw;
-  return absl::string_view(entries_[item.entry].node_id) < key.node_id;
+  return RanksAbove(item.penalized, item.raw, entries_[item.entry].node_id, key.penalized, key.raw,
+                    key.node_id);
 }
 
 bool RankIndex::Above(const Key& key, const Item& item) const {
-  if (key.penalized != item.penalized) return key.penalized > item.penalized;
-  if (key.raw != item.raw) return key.raw > item.raw;
-  return key.node_id < absl::string_view(entries_[item.entry].node_id);
+  return RanksAbove(key.penalized, key.raw, key.node_id, item.penalized, item.raw,
+                    entries_[item.entry].node_id);
 }
 
 size_t RankIndex::BlockOf(const Key& key) const {

@@ -31,6 +31,16 @@
 
 namespace fleetwes::aggregator {
 
+// The ranking order, the one definition every ranked view uses: true if a node with penalized
+// WES `a_penalized`, raw WES `a_raw` and id `a_node` ranks above `b` (penalized desc, raw desc,
+// node id asc).
+inline bool RanksAbove(double a_penalized, double a_raw, absl::string_view a_node,
+                       double b_penalized, double b_raw, absl::string_view b_node) {
+  if (a_penalized != b_penalized) return a_penalized > b_penalized;
+  if (a_raw != b_raw) return a_raw > b_raw;
+  return a_node < b_node;
+}
+
 class RankIndex {
  public:
   struct Entry {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "aggregator/fleet/leaderboard.h"
+#include "aggregator/fleet/rank_index.h"
 #include "aggregator/ingest/validate.h"
 #include "common/wes.h"
 
@@ -315,9 +316,7 @@ const std::vector<uint32_t>& ByRank(const RouteTable& t) {
     std::sort(o.rows.begin(), o.rows.end(), [&](uint32_t ia, uint32_t ib) {
       const RouteRow& a = t.rows[ia];
       const RouteRow& b = t.rows[ib];
-      if (a.wes != b.wes) return a.wes > b.wes;
-      if (a.wes_raw != b.wes_raw) return a.wes_raw > b.wes_raw;
-      return a.node->node_id < b.node->node_id;
+      return RanksAbove(a.wes, a.wes_raw, a.node->node_id, b.wes, b.wes_raw, b.node->node_id);
     });
   });
   return o.rows;
