@@ -179,6 +179,7 @@ absl::Status ParseEngine(MapReader& r, std::set<std::string>* names, EngineConfi
   if (auto parsed = ParseEngineUrl(out->url); !parsed.ok()) {
     return r.Error("url", std::string(parsed.status().message()));
   }
+  if (absl::StartsWith(out->url, "https://")) return r.Error("url", std::string(kPlainHttpOnly));
   if (absl::Status s = r.ReadDuration("timeout", &out->timeout); !s.ok()) return s;
   if (out->timeout < absl::Milliseconds(50) || out->timeout > absl::Seconds(60)) {
     return r.Error("timeout", absl::StrCat("must be between 50ms and 60s, got ",

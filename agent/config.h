@@ -148,6 +148,11 @@ struct ParsedUrl {
   std::string path_prefix;
 };
 absl::StatusOr<ParsedUrl> ParseEngineUrl(std::string_view url);
+// Engines run on the node and the agent speaks plain HTTP to them: an engine URL with https://
+// is rejected (engines[].url) with this message.
+inline constexpr std::string_view kPlainHttpOnly =
+    "https:// is not supported: the agent speaks plain HTTP to the engines on its node; use "
+    "http://";
 
 }  // namespace fleetwes::agent
 

@@ -1,10 +1,8 @@
 #include "agent/local_http.h"
 
 #include <google/protobuf/util/json_util.h>
-#include <httplib.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
-#include <sys/socket.h>
 
 #include <cctype>
 #include <charconv>
@@ -16,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/config.h"
+#include "agent/http/http.h"
 #include "common/logging.h"
 #include "common/version.h"
 
@@ -24,7 +23,6 @@ namespace {
 
 constexpr char kMetricsContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 constexpr int kHealthIntervals = 3;
-constexpr size_t kServerThreads = 3;
 
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
@@ -473,86 +471,66 @@ std::string LocalHttp::RenderStatus() const {
   return j.dump(2) + "\n";
 }
 
-absl::Status LocalHttp::Start() {
-  server_ = std::make_unique<httplib::Server>();
-  // A few operators and one Prometheus: httplib's default pool (at least 8 threads) would only
-  // add idle threads and stacks to the agent's footprint.
-  server_->new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
-  // Only SO_REUSEADDR: httplib's SO_REUSEPORT would let a second agent share the port silently.
-  server_->set_socket_options([](int sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
-  server_->Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
-    const Health h = CheckHealth();
-    res.status = h.ok ? 200 : 503;
-    res.set_content(h.ok ? "ok\n" : h.message + "\n", "text/plain; charset=utf-8");
-  });
-  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    try {
-      res.set_content(RenderMetrics(), kMetricsContentType);
-    } catch (const std::exception& e) {
-      Logger("http")->error("node {}: rendering /metrics failed: {}", options_.node_id, e.what());
-      res.status = 500;
-      res.set_content("metrics unavailable\n", "text/plain");
-    }
-  });
-  server_->Get("/status", [this](const httplib::Request&, httplib::Response& res) {
-    try {
-      res.set_content(RenderStatus(), "application/json");
-    } catch (const std::exception& e) {
-      Logger("http")->error("node {}: rendering /status failed: {}", options_.node_id, e.what());
-      res.status = 500;
-      res.set_content("status unavailable\n", "text/plain");
-    }
-  });
-  const auto not_allowed = [](const httplib::Request&, httplib::Response& res) {
-    res.status = 405;
-    res.set_header("Allow", "GET, HEAD");
-    res.set_content("method not allowed: use GET\n", "text/plain");
-  };
-  for (const char* path : {"/healthz", "/metrics", "/status"}) {
-    server_->Post(path, not_allowed);
-    server_->Put(path, not_allowed);
-    server_->Delete(path, not_allowed);
-    server_->Patch(path, not_allowed);
-    server_->Options(path, not_allowed);
+void LocalHttp::Handle(const http::ServerRequest& req, http::Responder& res) {
+  constexpr char kText[] = "text/plain; charset=utf-8";
+  const bool known = req.path == "/healthz" || req.path == "/metrics" || req.path == "/status";
+  if (!known) {
+    res.Send(404, kText, "not found: try /healthz, /metrics, /status\n");
+    return;
   }
-  server_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (res.status == 404)
-      res.set_content("not found: try /healthz, /metrics, /status\n", "text/plain");
-  });
+  if (req.method != "GET" && req.method != "HEAD") {
+    res.Send(405, kText, "method not allowed: use GET\n", {{"Allow", "GET, HEAD"}});
+    return;
+  }
+  if (req.path == "/healthz") {
+    const Health h = CheckHealth();
+    res.Send(h.ok ? 200 : 503, kText, h.ok ? "ok\n" : h.message + "\n");
+    return;
+  }
+  const bool metrics = req.path == "/metrics";
+  std::string body;
+  try {
+    body = metrics ? RenderMetrics() : RenderStatus();
+  } catch (const std::exception& e) {
+    Logger("http")->error("node {}: rendering {} failed: {}", options_.node_id, req.path, e.what());
+    res.Send(500, kText, metrics ? "metrics unavailable\n" : "status unavailable\n");
+    return;
+  }
+  res.Send(200, metrics ? kMetricsContentType : "application/json", std::move(body));
+}
 
+absl::Status LocalHttp::Start() {
+  http::ServerOptions options;
+  options.host = options_.host;
+  options.port = options_.port;
+  // Requests here have no body; a few operators and one Prometheus.
+  options.max_body_bytes = 64 << 10;
+  options.read_timeout = absl::Seconds(10);
+  options.write_timeout = absl::Seconds(10);
+  options.max_connections = 16;
   const std::string address = absl::StrCat(
       absl::StrContains(options_.host, ':') ? "[" + options_.host + "]" : options_.host, ":",
       options_.port);
-  if (options_.port == 0) {
-    port_ = server_->bind_to_any_port(options_.host);
-    if (port_ <= 0) {
+  auto server = http::Server::Start(
+      std::move(options),
+      [this](const http::ServerRequest& req, http::Responder& res) { Handle(req, res); });
+  if (!server.ok()) {
+    if (options_.port == 0) {
       return absl::UnavailableError(absl::StrCat("http: cannot listen on ", address));
     }
-  } else {
-    if (!server_->bind_to_port(options_.host, options_.port)) {
-      return absl::UnavailableError(absl::StrCat(
-          "http: cannot listen on ", address,
-          " (in use, or not an address of this host); set http.listen, or \"\" to turn it off"));
-    }
-    port_ = options_.port;
+    return absl::UnavailableError(absl::StrCat(
+        "http: cannot listen on ", address,
+        " (in use, or not an address of this host); set http.listen, or \"\" to turn it off"));
   }
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
-  // httplib has no readiness signal and a stop() before its accept loop runs is lost: wait
-  // (bounded) for the loop so that Stop() always works.
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (!server_->is_running() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
-  if (!server_->is_running()) return absl::InternalError("http: server did not start");
+  server_ = *std::move(server);
+  port_ = server_->port();
   Logger("http")->info("node {}: local HTTP on {} (/healthz, /metrics, /status)", options_.node_id,
                        address);
   return absl::OkStatus();
 }
 
 void LocalHttp::Stop() {
-  if (server_ != nullptr) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (server_ != nullptr) server_->Stop();
 }
 
 }  // namespace fleetwes::agent

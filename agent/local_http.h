@@ -1,4 +1,4 @@
-// The agent's local HTTP surface (cpp-httplib), for the node's own operators and a Prometheus
+// The agent's local HTTP surface (agent/http), for the node's own operators and a Prometheus
 // that scrapes nodes directly:
 //   GET /healthz  200 "ok" while the sampler produces frames, else 503 with the reason
 //   GET /metrics  Prometheus text: the agent's own counters (Ollama proxies included) and the
@@ -15,7 +15,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -27,11 +26,13 @@
 #include "common/clock.h"
 #include "fleetwes/v1/telemetry.pb.h"
 
-namespace httplib {
-class Server;
-}  // namespace httplib
-
 namespace fleetwes::agent {
+
+namespace http {
+class Server;
+struct ServerRequest;
+class Responder;
+}  // namespace http
 
 struct LocalHttpOptions {
   std::string host = "127.0.0.1";
@@ -70,8 +71,8 @@ class LocalHttp {
   LocalHttp(const LocalHttp&) = delete;
   LocalHttp& operator=(const LocalHttp&) = delete;
 
-  // Binds host:port and serves on a background thread. Unavailable naming the address when the
-  // bind fails (in use, no such address, no permission).
+  // Binds host:port and serves on a background thread (and one thread per open connection).
+  // Unavailable naming the address when the bind fails (in use, no such address, no permission).
   absl::Status Start();
   void Stop();
   int port() const { return port_; }
@@ -93,8 +94,9 @@ class LocalHttp {
   const LocalHttpSources sources_;
   Clock* const clock_;
   const absl::Time started_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  void Handle(const http::ServerRequest& request, http::Responder& response);
+
+  std::unique_ptr<http::Server> server_;
   int port_ = 0;
 
   mutable absl::Mutex mu_;

@@ -1,21 +1,17 @@
 #include "agent/ollama_probe.h"
 
-#include <httplib.h>
-
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "agent/http/http.h"
 #include "common/logging.h"
 
 namespace fleetwes::agent {
 namespace {
-
-std::chrono::microseconds ToMicros(absl::Duration d) {
-  return std::chrono::microseconds(absl::ToInt64Microseconds(d));
-}
 
 // Resident models and their keep-alive deadlines; nullopt when /api/ps cannot be read.
 std::optional<std::map<std::string, std::string>> Resident(HttpClient& http,
@@ -100,34 +96,41 @@ OllamaProbe::Result OllamaProbe::RunOnce() {
     ++failures_;
     return Result::kFailed;
   }
-  httplib::Client client(url->base);
-  client.set_connection_timeout(ToMicros(absl::Seconds(5)));
-  client.set_read_timeout(ToMicros(options_.request_timeout));
-  client.set_decompress(false);
+  if (!absl::StartsWith(url->base, "http://")) {
+    ++failures_;
+    return Result::kFailed;
+  }
+  http::Client::Options client_options;
+  client_options.keep_alive = false;
+  http::Client client(url->base, client_options);
+  http::Timeouts timeouts;
+  timeouts.connect = absl::Seconds(5);
+  timeouts.idle = options_.request_timeout;
   const nlohmann::json body = {{"model", model},
                                {"prompt", options_.config.prompt},
                                {"stream", true},
                                {"options", {{"num_predict", options_.config.max_tokens}}}};
-  httplib::Request req;
+  http::Request req;
   req.method = "POST";
-  req.path = url->path_prefix + "/api/generate";
-  req.headers.emplace("Accept-Encoding", "identity");
-  req.headers.emplace("Content-Type", "application/json");
+  req.target = url->path_prefix + "/api/generate";
+  req.headers.emplace_back("Accept-Encoding", "identity");
+  req.headers.emplace_back("Content-Type", "application/json");
   req.body = body.dump();
   std::optional<ollama::ResponseMeter> meter;
-  req.response_handler = [&meter](const httplib::Response& r) {
-    if (r.status == 200) meter.emplace(/*ndjson=*/true);
+  int status = 0;
+  auto on_headers = [&meter, &status](int s, const http::Headers&) {
+    status = s;
+    if (s == 200) meter.emplace(/*ndjson=*/true);
     return true;
   };
-  req.content_receiver = [this, &meter](const char* data, size_t n, uint64_t, uint64_t) {
+  auto on_body = [this, &meter](const char* data, size_t n) {
     if (meter.has_value()) meter->Feed(std::string_view(data, n), clock_->Now());
     return !stop_.HasBeenNotified();
   };
   const absl::Time start = clock_->Now();
   traffic_.Begin(model);
-  httplib::Response res;
-  httplib::Error error = httplib::Error::Success;
-  const bool ok = client.send(req, res, error);
+  const http::Result result = client.Send(req, timeouts, on_headers, on_body);
+  const bool ok = result.ok();
   ollama::ResponseOutcome outcome;
   if (meter.has_value()) outcome = meter->Finish(clock_->Now());
   if (!ok) outcome.final.reset();
@@ -135,7 +138,7 @@ OllamaProbe::Result OllamaProbe::RunOnce() {
   if (!outcome.final.has_value()) {
     ++failures_;
     Logger("agent")->warn("ollama probe of {} at {} failed: {}", model, options_.engine_url,
-                          ok ? absl::StrCat("HTTP ", res.status) : httplib::to_string(error));
+                          ok ? absl::StrCat("HTTP ", status) : result.message);
     return Result::kFailed;
   }
   ++probes_;

@@ -1,7 +1,5 @@
 #include "agent/ollama_proxy.h"
 
-#include <httplib.h>
-
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -15,17 +13,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/config.h"
+#include "agent/http/http.h"
 #include "common/logging.h"
 
 namespace fleetwes::agent {
 namespace {
 
-std::chrono::microseconds ToMicros(absl::Duration d) {
-  return std::chrono::microseconds(absl::ToInt64Microseconds(d));
-}
-
-// Headers that concern one connection, not the message (RFC 9110 §7.6.1), those httplib sets
-// itself (Host, Content-Length) and the pseudo headers it adds to a received request.
+// Headers that concern one connection, not the message (RFC 9110 §7.6.1), and those the HTTP
+// layer sets itself (Host, Content-Length).
 bool SkipHeader(const std::string& name) {
   static const char* const kSkip[] = {"connection",
                                       "keep-alive",
@@ -38,11 +33,7 @@ bool SkipHeader(const std::string& name) {
                                       "proxy-connection",
                                       "host",
                                       "content-length",
-                                      "accept-encoding",
-                                      "remote_addr",
-                                      "remote_port",
-                                      "local_addr",
-                                      "local_port"};
+                                      "accept-encoding"};
   const std::string lower = absl::AsciiStrToLower(name);
   for (const char* s : kSkip) {
     if (lower == s) return true;
@@ -65,14 +56,7 @@ bool Metered(const std::string& method, const std::string& path) {
   return method == "POST" && (path == "/api/generate" || path == "/api/chat");
 }
 
-// Whether the request on this server thread reached OllamaProxy::Serve. httplib answers an
-// oversized body with 413 before any handler runs and calls only the error handler; an
-// upstream's own 413 passes through Serve. httplib serves one request at a time per thread,
-// between its pre-routing and error handlers.
-thread_local bool t_served = false;
-
-// Decrements the in-flight count when the last holder (the handler, or the response's content
-// provider and releaser) lets go.
+// Counts a request in flight for its lifetime.
 class InFlight {
  public:
   explicit InFlight(std::atomic<uint64_t>* count) : count_(count) { ++*count_; }
@@ -86,7 +70,7 @@ class InFlight {
 
 }  // namespace
 
-// One request in flight: the upstream thread fills the queue, the client's content provider
+// One request in flight: the upstream thread fills the queue, the client's connection thread
 // drains it.
 struct OllamaProxy::Exchange {
   absl::Mutex mu;
@@ -96,7 +80,7 @@ struct OllamaProxy::Exchange {
   bool upstream_failed ABSL_GUARDED_BY(mu) = false;
   std::string error ABSL_GUARDED_BY(mu);
   int status ABSL_GUARDED_BY(mu) = 0;
-  httplib::Headers headers ABSL_GUARDED_BY(mu);
+  http::Headers headers ABSL_GUARDED_BY(mu);
   std::deque<std::string> chunks ABSL_GUARDED_BY(mu);
   size_t queued ABSL_GUARDED_BY(mu) = 0;
   // Set by the client side or Stop(): the upstream read ends at its next chunk.
@@ -106,11 +90,11 @@ struct OllamaProxy::Exchange {
   size_t queue_cap = 0;
 
   // Immutable once the thread starts.
-  httplib::Request request;
+  http::Request request;
   std::string model;  // of a metered request; "" otherwise
   bool metered = false;
   absl::Time start;
-  std::unique_ptr<httplib::Client> client;
+  std::unique_ptr<http::Client> client;
   std::thread thread;
 };
 
@@ -133,53 +117,30 @@ absl::StatusOr<std::unique_ptr<OllamaProxy>> OllamaProxy::Start(OllamaProxyOptio
   std::unique_ptr<OllamaProxy> proxy(new OllamaProxy(std::move(options), clock));
   proxy->upstream_base_ = upstream->base;
   proxy->upstream_prefix_ = upstream->path_prefix;
-  httplib::Server& server = *proxy->server_;
+  if (!absl::StartsWith(proxy->upstream_base_, "http://")) {
+    return absl::InvalidArgumentError(std::string(kPlainHttpOnly));
+  }
   OllamaProxy* self = proxy.get();
-  auto handler = [self](const httplib::Request& req, httplib::Response& res) {
-    self->Serve(&req, &res);
-  };
-  server.Get(".*", handler);
-  server.Post(".*", handler);
-  server.Put(".*", handler);
-  server.Patch(".*", handler);
-  server.Delete(".*", handler);
-  server.Options(".*", handler);
-  server.set_payload_max_length(proxy->options_.max_request_bytes);
-  server.set_pre_routing_handler(
-      httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response&) {
-        t_served = false;
-        return httplib::Server::HandlerResponse::Unhandled;
-      }));
-  server.set_error_handler(
-      httplib::Server::HandlerWithResponse([self](const httplib::Request&, httplib::Response& res) {
-        if (res.status == 413 && !t_served) ++self->rejected_too_large_;
-        return httplib::Server::HandlerResponse::Unhandled;
-      }));
-  server.set_tcp_nodelay(true);
-  server.set_keep_alive_timeout(5);
-  server.set_read_timeout(ToMicros(absl::Seconds(60)));
-  server.set_write_timeout(ToMicros(proxy->options_.idle_timeout));
-
-  if (port == 0) {
-    proxy->port_ = server.bind_to_any_port(host);
-  } else {
-    proxy->port_ = server.bind_to_port(host, port) ? port : -1;
-  }
-  if (proxy->port_ <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
-  }
-  proxy->server_thread_ = std::thread([self] { self->server_->listen_after_bind(); });
-  // stop() is lost when the accept loop has not started yet: wait for it (start-up only).
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (!server.is_running()) {
-    if (absl::Now() > deadline) return absl::InternalError("proxy did not start listening");
-    absl::SleepFor(absl::Milliseconds(1));
-  }
+  http::ServerOptions server_options;
+  server_options.host = host;
+  server_options.port = port;
+  server_options.max_body_bytes = proxy->options_.max_request_bytes;
+  // An oversized body is answered 413 before Serve; an upstream's own 413 passes through Serve.
+  server_options.on_too_large = [self] { ++self->rejected_too_large_; };
+  server_options.keep_alive_timeout = absl::Seconds(5);
+  server_options.read_timeout = absl::Seconds(60);
+  server_options.write_timeout = proxy->options_.idle_timeout;
+  auto server = http::Server::Start(
+      std::move(server_options),
+      [self](const http::ServerRequest& req, http::Responder& res) { self->Serve(req, res); });
+  if (!server.ok()) return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
+  proxy->server_ = *std::move(server);
+  proxy->port_ = proxy->server_->port();
   return proxy;
 }
 
 OllamaProxy::OllamaProxy(OllamaProxyOptions options, Clock* clock)
-    : options_(std::move(options)), clock_(clock), server_(std::make_unique<httplib::Server>()) {}
+    : options_(std::move(options)), clock_(clock) {}
 
 OllamaProxy::~OllamaProxy() { Stop(); }
 
@@ -195,12 +156,9 @@ void OllamaProxy::Stop() {
     x->cancelled = true;
   }
   for (const auto& x : active) {
-    if (x->client != nullptr) x->client->stop();
+    if (x->client != nullptr) x->client->Cancel();
   }
-  if (server_thread_.joinable()) {
-    server_->stop();
-    server_thread_.join();
-  }
+  if (server_ != nullptr) server_->Stop();
   absl::MutexLock lock(&mu_);
   for (const auto& x : active_) {
     if (x->thread.joinable()) x->thread.join();
@@ -257,11 +215,8 @@ void OllamaProxy::ReapFinished() {
   }
 }
 
-void OllamaProxy::Serve(const void* request, void* response) {
-  const auto& req = *static_cast<const httplib::Request*>(request);
-  auto& res = *static_cast<httplib::Response*>(response);
-  t_served = true;
-  auto in_flight = std::make_shared<InFlight>(&in_flight_);
+void OllamaProxy::Serve(const http::ServerRequest& req, http::Responder& res) {
+  InFlight in_flight(&in_flight_);
 
   auto x = std::make_shared<Exchange>();
   x->start = clock_->Now();
@@ -269,26 +224,21 @@ void OllamaProxy::Serve(const void* request, void* response) {
   x->metered = Metered(req.method, req.path);
   if (x->metered) x->model = RequestModel(req.body);
   x->request.method = req.method;
-  x->request.path = upstream_prefix_ + (req.target.empty() ? req.path : req.target);
+  x->request.target = upstream_prefix_ + req.target;
   for (const auto& [name, value] : req.headers) {
-    if (!SkipHeader(name)) x->request.headers.emplace(name, value);
+    if (!SkipHeader(name)) x->request.headers.emplace_back(name, value);
   }
   // Plain bytes from the engine, so the final objects can be read.
-  x->request.headers.emplace("Accept-Encoding", "identity");
+  x->request.headers.emplace_back("Accept-Encoding", "identity");
   x->request.body = req.body;
-  x->client = std::make_unique<httplib::Client>(upstream_base_);
-  x->client->set_keep_alive(false);
-  x->client->set_decompress(false);
-  x->client->set_follow_location(false);
-  x->client->set_connection_timeout(ToMicros(options_.connect_timeout));
-  x->client->set_read_timeout(ToMicros(options_.idle_timeout));
-  x->client->set_write_timeout(ToMicros(options_.idle_timeout));
+  http::Client::Options client_options;
+  client_options.keep_alive = false;
+  x->client = std::make_unique<http::Client>(upstream_base_, client_options);
 
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) {
-      res.status = 503;
-      res.set_content(R"({"error":"proxy shutting down"})", "application/json");
+      res.Send(503, "application/json", R"({"error":"proxy shutting down"})");
       return;
     }
     ReapFinished();
@@ -302,7 +252,7 @@ void OllamaProxy::Serve(const void* request, void* response) {
   // Wait for the upstream's status line and headers.
   std::string error;
   int status = 0;
-  httplib::Headers headers;
+  http::Headers headers;
   {
     absl::MutexLock lock(&x->mu);
     x->mu.Await(absl::Condition(
@@ -317,37 +267,37 @@ void OllamaProxy::Serve(const void* request, void* response) {
     }
   }
   if (status == 0) {
-    res.status = 502;
     nlohmann::json body = {{"error", absl::StrCat("fleetwes proxy: upstream ", error)}};
-    res.set_content(body.dump(), "application/json; charset=utf-8");
+    res.Send(502, "application/json; charset=utf-8", body.dump());
     return;
   }
 
-  res.status = status;
   std::string content_type = "application/octet-stream";
-  std::optional<size_t> length;
+  std::optional<uint64_t> length;
+  http::Headers out;
   for (const auto& [name, value] : headers) {
     if (absl::EqualsIgnoreCase(name, "Content-Type")) {
       content_type = value;
     } else if (absl::EqualsIgnoreCase(name, "Content-Length")) {
-      size_t n = 0;
+      uint64_t n = 0;
       if (absl::SimpleAtoi(value, &n)) length = n;
     } else if (!SkipHeader(name)) {
-      res.headers.emplace(name, value);
+      out.emplace_back(name, value);
     }
   }
-  if (req.method == "HEAD" || length == size_t{0}) {
-    if (req.method == "HEAD" && length.has_value()) {
-      res.set_header("Content-Length", std::to_string(*length));
-    }
-    res.set_header("Content-Type", content_type);
+  out.emplace_back("Content-Type", content_type);
+  if (req.method == "HEAD" || length == uint64_t{0}) {
+    res.Start(status, out, length);
+    res.Finish();
     absl::MutexLock lock(&x->mu);
     x->cancelled = true;
     return;
   }
 
-  // Hands the next queued chunk to `sink`; false when the response cannot be completed.
-  auto pump = [this, x, in_flight](httplib::DataSink& sink) -> bool {
+  // Hands the queued chunks to the client as they come; a response that cannot be completed
+  // closes the connection.
+  bool complete = res.Start(status, out, length);
+  while (complete) {
     std::string chunk;
     {
       absl::MutexLock lock(&x->mu);
@@ -356,56 +306,45 @@ void OllamaProxy::Serve(const void* request, void* response) {
             return !e->chunks.empty() || e->upstream_done || e->cancelled;
           },
           x.get()));
-      if (x->cancelled) return false;
-      if (x->chunks.empty()) {
-        if (x->upstream_failed) return false;  // cut short: close the connection
-        sink.done();
-        return true;
+      if (x->cancelled || (x->chunks.empty() && x->upstream_failed)) {
+        complete = false;  // cut short
+        break;
       }
+      if (x->chunks.empty()) break;  // the upstream's response is complete
       chunk = std::move(x->chunks.front());
       x->chunks.pop_front();
       x->queued -= chunk.size();
       queued_bytes_ -= chunk.size();
     }
-    if (!sink.write(chunk.data(), chunk.size())) {
-      absl::MutexLock lock(&x->mu);
-      x->cancelled = true;
-      return false;
+    if (!res.Write(chunk)) {
+      complete = false;
+      break;
     }
     response_bytes_ += chunk.size();
-    return true;
-  };
-  auto release = [this, x, in_flight](bool success) {
-    absl::MutexLock lock(&x->mu);
-    if (!success && !x->upstream_done) ++client_aborts_;
-    x->cancelled = true;
-  };
-  if (length.has_value()) {
-    res.set_content_provider(
-        *length, content_type,
-        [pump](size_t, size_t, httplib::DataSink& sink) { return pump(sink); }, release);
-  } else {
-    res.set_chunked_content_provider(
-        content_type, [pump](size_t, httplib::DataSink& sink) { return pump(sink); }, release);
   }
+  if (complete) complete = res.Finish();
+  absl::MutexLock lock(&x->mu);
+  if (!complete && !x->upstream_done) ++client_aborts_;
+  x->cancelled = true;
 }
 
 void OllamaProxy::Upstream(std::shared_ptr<Exchange> x) {
   Exchange* e = x.get();
   std::optional<ollama::ResponseMeter> meter;
-  httplib::Request& req = e->request;
-  req.response_handler = [e, &meter](const httplib::Response& r) {
+  const http::Request& req = e->request;
+  auto on_headers = [e, &meter](int status, const http::Headers& headers) {
     absl::MutexLock lock(&e->mu);
     if (e->cancelled) return false;
-    e->status = r.status;
-    e->headers = r.headers;
+    e->status = status;
+    e->headers = headers;
     e->headers_ready = true;
-    if (e->metered && r.status == 200) {
-      meter.emplace(absl::StrContains(r.get_header_value("Content-Type"), "ndjson"));
+    if (e->metered && status == 200) {
+      const std::string_view type = http::FindHeader(headers, "Content-Type");
+      meter.emplace(type.find("ndjson") != std::string_view::npos);
     }
     return true;
   };
-  req.content_receiver = [this, e, &meter](const char* data, size_t n, uint64_t, uint64_t) {
+  auto on_body = [this, e, &meter](const char* data, size_t n) {
     if (meter.has_value()) meter->Feed(std::string_view(data, n), clock_->Now());
     absl::MutexLock lock(&e->mu);
     // Bounded queue: wait for the client to take chunks (one chunk always fits).
@@ -425,9 +364,11 @@ void OllamaProxy::Upstream(std::shared_ptr<Exchange> x) {
     return true;
   };
 
-  httplib::Response res;
-  httplib::Error error = httplib::Error::Success;
-  const bool ok = e->client->send(req, res, error);
+  http::Timeouts timeouts;
+  timeouts.connect = options_.connect_timeout;
+  timeouts.idle = options_.idle_timeout;
+  const http::Result result = e->client->Send(req, timeouts, on_headers, on_body);
+  const bool ok = result.ok();
   const absl::Time end = clock_->Now();
 
   ollama::ResponseOutcome outcome;
@@ -446,8 +387,8 @@ void OllamaProxy::Upstream(std::shared_ptr<Exchange> x) {
       started = e->headers_ready;
     }
     ++(started ? upstream_cut_ : upstream_unreachable_);
-    Logger("agent")->warn("ollama proxy: {} {} to {} failed: {}", req.method, req.path,
-                          upstream_base_, httplib::to_string(error));
+    Logger("agent")->warn("ollama proxy: {} {} to {} failed: {}", req.method, req.target,
+                          upstream_base_, result.message);
   }
   meter_errors_ += outcome.parse_errors;
   if (e->metered) {
@@ -458,7 +399,7 @@ void OllamaProxy::Upstream(std::shared_ptr<Exchange> x) {
     absl::MutexLock lock(&e->mu);
     if (failed) {
       e->upstream_failed = true;
-      e->error = error == httplib::Error::Connection ? "unreachable" : httplib::to_string(error);
+      e->error = result.error == http::Error::kConnect ? "unreachable" : result.message;
     }
     if (!ok && !failed && !e->headers_ready) e->error = "request cancelled";
     e->upstream_done = true;

@@ -7,11 +7,11 @@
 // text is never stored.
 //
 // Memory stays bounded: request bodies above max_request_bytes are answered 413; between the
-// upstream read (one thread per request) and the client write sits a queue of at most
-// queue_bytes, so a slow client slows the upstream read instead of growing a buffer. An upstream
-// failure before the response starts becomes a 502 with a short JSON error; after it started,
-// the client's connection is closed (a truncated response, as the engine left it).
-// Thread-safe.
+// upstream read (one thread per request) and the client write (the connection's thread, see
+// agent/http) sits a queue of at most queue_bytes, so a slow client slows the upstream read instead
+// of growing a buffer. An upstream failure before the response starts becomes a 502 with a short
+// JSON error; after it started, the client's connection is closed (a truncated response, as the
+// engine left it). Thread-safe.
 #ifndef FLEETWES_AGENT_OLLAMA_PROXY_H_
 #define FLEETWES_AGENT_OLLAMA_PROXY_H_
 
@@ -31,11 +31,13 @@
 #include "agent/collectors/ollama.h"
 #include "common/clock.h"
 
-namespace httplib {
-class Server;
-}  // namespace httplib
-
 namespace fleetwes::agent {
+
+namespace http {
+class Server;
+struct ServerRequest;
+class Responder;
+}  // namespace http
 
 struct OllamaProxyOptions {
   std::string listen = "127.0.0.1:11435";  // host:port; port 0 picks a free one (see port())
@@ -84,7 +86,7 @@ class OllamaProxy {
  private:
   struct Exchange;
   OllamaProxy(OllamaProxyOptions options, Clock* clock);
-  void Serve(const void* request, void* response);
+  void Serve(const http::ServerRequest& req, http::Responder& res);
   void Upstream(std::shared_ptr<Exchange> x);
   void ReapFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -93,8 +95,7 @@ class OllamaProxy {
   std::string upstream_base_;
   std::string upstream_prefix_;
   OllamaTraffic traffic_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread server_thread_;
+  std::unique_ptr<http::Server> server_;
   int port_ = 0;
 
   std::atomic<uint64_t> requests_{0};

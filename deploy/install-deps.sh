@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything fleetwes needs to build, test and run on Debian 12, from Debian's packages.
 # (prometheus: its promtool lints the /metrics expositions in the tests; libgrpc-dev, libc-ares-dev,
-# libre2-dev and the other -dev packages provide the static archives fleetwes-agent is linked from.)
+# libre2-dev and the other -dev packages provide the static archives fleetwes-agent is linked from;
+# libboost-dev its header-only HTTP, Boost.Beast; cpp-httplib serves the aggregator and the tests.)
 # Idempotent and non-interactive: packages already present are left alone.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ packages=(
   libgrpc-dev libc-ares-dev libre2-dev
   libabsl-dev libpq-dev libpqxx-dev libyaml-cpp-dev libspdlog-dev libfmt-dev
   prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev libssl-dev zlib1g-dev
+  libboost-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   postgresql-15 postgresql-client-15
   clang libclang-rt-14-dev clang-format

@@ -1,6 +1,6 @@
-// A small HTTP GET client for engine endpoints (cpp-httplib underneath): one per engine, keeps
-// its connection alive between requests, bounds every request by a timeout and every body by a
-// size cap. Not thread-safe: one engine's reads run on one thread at a time.
+// A small HTTP GET client for engine endpoints (agent/http underneath, plain HTTP only): one per
+// engine, keeps its connection alive between requests, bounds every request by a timeout and
+// every body by a size cap. Not thread-safe: one engine's reads run on one thread at a time.
 #ifndef FLEETWES_AGENT_COLLECTORS_HTTP_CLIENT_H_
 #define FLEETWES_AGENT_COLLECTORS_HTTP_CLIENT_H_
 
@@ -13,11 +13,11 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
-namespace httplib {
-class Client;
-}  // namespace httplib
-
 namespace fleetwes::agent {
+
+namespace http {
+class Client;
+}  // namespace http
 
 struct HttpResponse {
   int status = 0;
@@ -43,8 +43,8 @@ class HttpClient {
  public:
   static constexpr size_t kDefaultMaxBodyBytes = 4 << 20;
 
-  // `url` is "http[s]://host[:port][/prefix]" (validated by the config; a malformed URL makes
-  // every Get fail with InvalidArgument).
+  // `url` is "http://host[:port][/prefix]" (validated by the config; a malformed or https://
+  // URL makes every Get fail with InvalidArgument).
   explicit HttpClient(std::string_view url, size_t max_body_bytes = kDefaultMaxBodyBytes);
   ~HttpClient();
   HttpClient(const HttpClient&) = delete;
@@ -61,7 +61,7 @@ class HttpClient {
   std::string prefix_;
   std::string url_error_;
   size_t max_body_bytes_;
-  std::unique_ptr<httplib::Client> client_;
+  std::unique_ptr<http::Client> client_;
 };
 
 }  // namespace fleetwes::agent

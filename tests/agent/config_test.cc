@@ -177,6 +177,9 @@ TEST(ConfigTest, EngineUrlAndTimeout) {
               AllOf(HasSubstr("engines[0].url"), HasSubstr("line 4"), HasSubstr("http://")));
   EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: llamacpp\n    url: http://h:99999\n"),
               HasSubstr("engines[0].url"));
+  EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: vllm\n    url: https://h:8000\n"),
+              AllOf(HasSubstr("engines[0].url"), HasSubstr("https:// is not supported"),
+                    HasSubstr("plain HTTP")));
   EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: llamacpp\n    timeout: 10ms\n"),
               AllOf(HasSubstr("engines[0].timeout"), HasSubstr("line 4"), HasSubstr("50ms")));
   EXPECT_THAT(ErrorOf("engines:\n  - name: a\n    kind: llamacpp\n    timeout: soon\n"),
