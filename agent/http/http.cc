@@ -5,11 +5,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <cerrno>
 #include <chrono>
@@ -48,14 +48,6 @@ SteadyClock::time_point Until(absl::Duration d, SteadyClock::time_point end) {
   return now + std::chrono::microseconds(us);
 }
 
-void Arm(beast::tcp_stream& stream, SteadyClock::time_point at) {
-  if (at == SteadyClock::time_point::max()) {
-    stream.expires_never();
-  } else {
-    stream.expires_at(at);
-  }
-}
-
 struct Outcome {
   beast::error_code ec;
   size_t bytes = 0;
@@ -64,10 +56,13 @@ void SetBytes(Outcome* o, size_t n) { o->bytes = n; }
 template <typename T>
 void SetBytes(Outcome*, const T&) {}
 
-// Runs the asynchronous operation that `start` begins (given its completion handler) to its
-// end on this thread. Other threads only post to `ioc` (Cancel).
+// Runs the asynchronous operation on `socket` that `start` begins (given its completion
+// handler) to its end on this thread; at `deadline` the socket is closed and the operation ends
+// with beast::error::timeout. The wait is epoll's own timeout: no timer is armed per operation.
+// Other threads only post to `ioc` (Cancel).
 template <typename Start>
-Outcome Run(net::io_context& ioc, Start&& start) {
+Outcome Run(net::io_context& ioc, tcp::socket& socket, SteadyClock::time_point deadline,
+            Start&& start) {
   std::optional<Outcome> out;
   start([&out](beast::error_code ec, auto&&... rest) {
     out.emplace();
@@ -75,9 +70,20 @@ Outcome Run(net::io_context& ioc, Start&& start) {
     (SetBytes(&*out, rest), ...);
   });
   ioc.restart();
-  while (!out.has_value() && ioc.run_one() > 0) {
+  bool timed_out = false;
+  while (!out.has_value()) {
+    const size_t ran =
+        deadline == SteadyClock::time_point::max() ? ioc.run_one() : ioc.run_one_until(deadline);
+    if (ran > 0) continue;
+    if (out.has_value() || ioc.stopped()) break;
+    timed_out = true;
+    beast::error_code ignored;
+    socket.close(ignored);  // the operation completes with operation_aborted
+    while (!out.has_value() && ioc.run_one() > 0) {
+    }
   }
   if (!out.has_value()) return Outcome{net::error::operation_aborted, 0};
+  if (timed_out) out->ec = beast::error::timeout;
   return *out;
 }
 
@@ -135,15 +141,16 @@ struct Client::Impl {
   std::string authority;
   std::string base_error;
   net::io_context ioc{1};
-  beast::tcp_stream stream{ioc};
+  tcp::socket socket{ioc};
+  SteadyClock::time_point deadline;  // of the next operation
   beast::flat_buffer buffer;
   bool open = false;
   std::atomic<bool> cancelled{false};
 
   void Close() {
     beast::error_code ec;
-    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream.close();
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
     buffer.clear();
     open = false;
   }
@@ -174,8 +181,8 @@ void Client::Cancel() {
   m->cancelled = true;
   net::post(m->ioc, [m] {
     beast::error_code ec;
-    m->stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    m->stream.socket().close(ec);
+    m->socket.shutdown(tcp::socket::shutdown_both, ec);
+    m->socket.close(ec);
   });
 }
 
@@ -215,17 +222,19 @@ Result Client::Send(const Request& request, const Timeouts& timeouts, const OnHe
         return {Error::kConnect, EHOSTUNREACH,
                 absl::StrCat("cannot resolve ", m.host, ": ", ec.message())};
       }
-      Arm(m.stream, Until(timeouts.connect, end));
-      Outcome c = Run(m.ioc, [&](auto handler) { m.stream.async_connect(endpoints, handler); });
+      m.deadline = Until(timeouts.connect, end);
+      Outcome c = Run(m.ioc, m.socket, m.deadline,
+                      [&](auto handler) { net::async_connect(m.socket, endpoints, handler); });
       if (c.ec) {
         return m.Failed(IsTimeout(c.ec) ? Error::kConnectTimeout : Error::kConnect, c.ec,
                         absl::StrCat("cannot connect to ", m.authority));
       }
-      m.stream.socket().set_option(tcp::no_delay(true), ec);
+      m.socket.set_option(tcp::no_delay(true), ec);
       m.open = true;
     }
-    Arm(m.stream, Until(timeouts.idle, end));
-    Outcome w = Run(m.ioc, [&](auto handler) { bhttp::async_write(m.stream, req, handler); });
+    m.deadline = Until(timeouts.idle, end);
+    Outcome w = Run(m.ioc, m.socket, m.deadline,
+                    [&](auto handler) { bhttp::async_write(m.socket, req, handler); });
     if (w.ec) {
       if (reused && attempt == 0 && !m.cancelled.load() && !IsTimeout(w.ec)) {
         m.Close();
@@ -238,9 +247,9 @@ Result Client::Send(const Request& request, const Timeouts& timeouts, const OnHe
     // Never boost::none: Beast 1.74 compares a Content-Length with an empty limit as larger.
     parser->body_limit(static_cast<uint64_t>(m.options.max_body_bytes));
     if (verb == bhttp::verb::head) parser->skip(true);
-    Arm(m.stream, Until(timeouts.idle, end));
-    Outcome h = Run(m.ioc, [&](auto handler) {
-      bhttp::async_read_header(m.stream, m.buffer, *parser, handler);
+    m.deadline = Until(timeouts.idle, end);
+    Outcome h = Run(m.ioc, m.socket, m.deadline, [&](auto handler) {
+      bhttp::async_read_header(m.socket, m.buffer, *parser, handler);
     });
     if (h.ec) {
       const bool closed = h.ec == bhttp::error::end_of_stream || h.ec == net::error::eof ||
@@ -262,10 +271,11 @@ Result Client::Send(const Request& request, const Timeouts& timeouts, const OnHe
   while (!parser->is_done()) {
     parser->get().body().data = buf;
     parser->get().body().size = sizeof(buf);
-    Arm(m.stream, Until(timeouts.idle, end));
+    m.deadline = Until(timeouts.idle, end);
     // read_some: each piece goes on as soon as it arrives (a streamed response's lines).
-    Outcome r = Run(
-        m.ioc, [&](auto handler) { bhttp::async_read_some(m.stream, m.buffer, *parser, handler); });
+    Outcome r = Run(m.ioc, m.socket, m.deadline, [&](auto handler) {
+      bhttp::async_read_some(m.socket, m.buffer, *parser, handler);
+    });
     if (r.ec == bhttp::error::need_buffer) r.ec = {};
     const size_t n = sizeof(buf) - parser->get().body().size;
     if (n > 0 && on_body && !on_body(buf, n)) {
@@ -305,31 +315,38 @@ class Connection {
   void Cancel() {
     net::post(ioc_, [this] {
       beast::error_code ec;
-      if (stream_.has_value()) {
-        stream_->socket().shutdown(tcp::socket::shutdown_both, ec);
-        stream_->socket().close(ec);
+      if (socket_.has_value()) {
+        socket_->shutdown(tcp::socket::shutdown_both, ec);
+        socket_->close(ec);
       }
     });
   }
 
   template <typename Message>
   bool WriteMessage(Message& message, bool header_only) {
-    Arm(*stream_, Until(server_->options.write_timeout, SteadyClock::time_point::max()));
+    deadline_ = Until(server_->options.write_timeout, SteadyClock::time_point::max());
     if (header_only) {
       bhttp::serializer<false, typename Message::body_type, typename Message::fields_type> sr(
           message);
-      return !Run(ioc_, [&](auto handler) { bhttp::async_write_header(*stream_, sr, handler); }).ec;
+      return !Run(ioc_, *socket_, deadline_, [&](auto handler) {
+                bhttp::async_write_header(*socket_, sr, handler);
+              }).ec;
     }
-    return !Run(ioc_, [&](auto handler) { bhttp::async_write(*stream_, message, handler); }).ec;
+    return !Run(ioc_, *socket_, deadline_, [&](auto handler) {
+              bhttp::async_write(*socket_, message, handler);
+            }).ec;
   }
   template <typename Buffers>
   bool WriteBuffers(const Buffers& buffers) {
-    Arm(*stream_, Until(server_->options.write_timeout, SteadyClock::time_point::max()));
-    return !Run(ioc_, [&](auto handler) { net::async_write(*stream_, buffers, handler); }).ec;
+    deadline_ = Until(server_->options.write_timeout, SteadyClock::time_point::max());
+    return !Run(ioc_, *socket_, deadline_, [&](auto handler) {
+              net::async_write(*socket_, buffers, handler);
+            }).ec;
   }
 
   net::io_context ioc_{1};
-  std::optional<beast::tcp_stream> stream_;
+  std::optional<tcp::socket> socket_;
+  SteadyClock::time_point deadline_;  // of the next operation
   std::thread thread_;
   std::atomic<bool> done_{false};
 
@@ -346,14 +363,14 @@ void Connection::TooLarge() {
   // Read (and drop) what the client still sends for a moment, so that closing with unread data
   // does not reset the connection before the client read the answer.
   beast::error_code ec;
-  stream_->socket().shutdown(tcp::socket::shutdown_send, ec);
+  socket_->shutdown(tcp::socket::shutdown_send, ec);
   char sink[4096];
   size_t drained = 0;
   const auto end = SteadyClock::now() + std::chrono::seconds(1);
   while (drained < (size_t{1} << 20)) {
-    Arm(*stream_, end);
-    Outcome o = Run(ioc_, [&](auto handler) {
-      stream_->async_read_some(net::buffer(sink, sizeof(sink)), handler);
+    deadline_ = end;
+    Outcome o = Run(ioc_, *socket_, deadline_, [&](auto handler) {
+      socket_->async_read_some(net::buffer(sink, sizeof(sink)), handler);
     });
     if (o.ec) break;
     drained += o.bytes;
@@ -363,15 +380,16 @@ void Connection::TooLarge() {
 void Connection::Serve() {
   const ServerOptions& o = server_->options;
   beast::error_code ignored;
-  stream_->socket().set_option(tcp::no_delay(true), ignored);
+  socket_->set_option(tcp::no_delay(true), ignored);
   bool first = true;
   while (!server_->stopping.load()) {
     if (buffer_.size() == 0) {
       // Idle: the first request gets the read timeout, later ones the keep-alive timeout.
-      Arm(*stream_,
-          Until(first ? o.read_timeout : o.keep_alive_timeout, SteadyClock::time_point::max()));
-      Outcome r = Run(
-          ioc_, [&](auto handler) { stream_->async_read_some(buffer_.prepare(4096), handler); });
+      deadline_ =
+          Until(first ? o.read_timeout : o.keep_alive_timeout, SteadyClock::time_point::max());
+      Outcome r = Run(ioc_, *socket_, deadline_, [&](auto handler) {
+        socket_->async_read_some(buffer_.prepare(4096), handler);
+      });
       if (r.ec) break;
       buffer_.commit(r.bytes);
     }
@@ -379,9 +397,10 @@ void Connection::Serve() {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.header_limit(kHeaderLimit);
     parser.body_limit(static_cast<uint64_t>(o.max_body_bytes));
-    Arm(*stream_, Until(o.read_timeout, SteadyClock::time_point::max()));
-    Outcome h = Run(
-        ioc_, [&](auto handler) { bhttp::async_read_header(*stream_, buffer_, parser, handler); });
+    deadline_ = Until(o.read_timeout, SteadyClock::time_point::max());
+    Outcome h = Run(ioc_, *socket_, deadline_, [&](auto handler) {
+      bhttp::async_read_header(*socket_, buffer_, parser, handler);
+    });
     if (h.ec == bhttp::error::body_limit) {
       TooLarge();
       break;
@@ -399,8 +418,8 @@ void Connection::Serve() {
         static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
         if (!WriteBuffers(net::buffer(kContinue, sizeof(kContinue) - 1))) break;
       }
-      Outcome b =
-          Run(ioc_, [&](auto handler) { bhttp::async_read(*stream_, buffer_, parser, handler); });
+      Outcome b = Run(ioc_, *socket_, deadline_,
+                      [&](auto handler) { bhttp::async_read(*socket_, buffer_, parser, handler); });
       if (b.ec == bhttp::error::body_limit) {
         TooLarge();
         break;
@@ -419,8 +438,8 @@ void Connection::Serve() {
     if (!response.started_) response.Send(500, "text/plain", "no response\n");
     if (!response.complete_ || !response.keep_alive_) break;
   }
-  stream_->socket().shutdown(tcp::socket::shutdown_both, ignored);
-  stream_->socket().close(ignored);
+  socket_->shutdown(tcp::socket::shutdown_both, ignored);
+  socket_->close(ignored);
 }
 
 void Responder::Send(int status, std::string_view content_type, std::string body,
@@ -496,7 +515,7 @@ void Server::Impl::Accept() {
     Reap();
     if (!ec && connections.size() < options.max_connections) {
       Connection* c = connection.get();
-      c->stream_.emplace(std::move(socket));
+      c->socket_.emplace(std::move(socket));
       c->thread_ = std::thread([c] {
         c->Serve();
         c->done_ = true;
