@@ -15,10 +15,8 @@
 #include <chrono>
 #include <list>
 #include <thread>
-#include <type_traits>
 
 #include "absl/status/status.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
