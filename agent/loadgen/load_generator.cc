@@ -338,9 +338,10 @@ class Session {
     stream_->Write(request, &write_tag_);
   }
 
-  // Starts a read if frames written on this stream wait for an ack and none is pending.
+  // Starts a read if frames written on this stream wait for an ack and none is pending; also
+  // while half-closing, so that the acks still coming are taken and the status can arrive.
   void ReadIfAwaitingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(node_->mu) {
-    if (starting_ || reading_ || closing_ || written_through_ <= node_->acked_through) return;
+    if (starting_ || reading_ || failed_ || written_through_ <= node_->acked_through) return;
     reading_ = true;
     ++pending_;
     stream_->Read(&response_, &read_tag_);
