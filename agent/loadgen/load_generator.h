@@ -1,7 +1,8 @@
 // Drives a simulated fleet against a fleetwes-aggregator: one Ingest.Publish stream per
-// simulated node, all on gRPC's callback API (a ClientBidiReactor per stream, no thread per
-// node), one ticker thread that produces each node's frame when its window closes, spread
-// evenly over the interval (frames due within 2 ms of each other on one wake-up). Each stream sends
+// simulated node, all on gRPC's asynchronous API (a few completion queues with one thread each,
+// no thread per node), one ticker thread that produces each node's frame when its window closes,
+// spread evenly over the interval (frames due within 2 ms of each other on one wake-up). Frames
+// are built on an arena each (one allocation). Each stream sends
 // Hello, then frames with seq from 1; frames stay queued until a cumulative Ack covers them, and a
 // reconnect (exponential backoff with jitter) resends what is not covered. Measures frames sent and
 // acknowledged and the latency from sending a frame to the first Ack covering it.

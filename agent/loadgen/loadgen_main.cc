@@ -1,5 +1,6 @@
 // fleetwes-loadgen: simulates a fleet of nodes publishing to a fleetwes-aggregator and reports
 // throughput and ack latency (agent/loadgen/load_generator.h).
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -13,6 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "agent/loadgen/load_generator.h"
 #include "common/clock.h"
@@ -34,8 +36,27 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(5),
           "at the end, how long to wait for outstanding acks");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 
+namespace {
+
+// The same malloc settings as the aggregator (aggregator_main.cc): frames are allocated and freed
+// by the thousand every second, and glibc by default gives the top of the heap back to the kernel
+// as soon as it is free, so the load generator kept faulting the same memory in again.
+void TuneMalloc() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  mallopt(M_TOP_PAD, 16 << 20);
+#endif
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   namespace lg = fleetwes::agent::loadgen;
+  TuneMalloc();
+  // absl::Mutex's deadlock detection walks a lock graph on every lock: a tenth of the load
+  // generator's CPU under load, by perf. Tests keep it on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage(
       "Simulates a fleet of inference nodes (RTX 4090, A100, H100, L4, Jetson Orin, Apple "
       "M-series, Xeon, EPYC, Radeon profiles) publishing frames to a fleetwes-aggregator.\n"

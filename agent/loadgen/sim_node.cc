@@ -130,6 +130,12 @@ v1::Hello SimNode::MakeHello(uint64_t evicted_frames) const {
 }
 
 v1::Frame SimNode::NextFrame() {
+  v1::Frame f;
+  NextFrame(&f);
+  return f;
+}
+
+void SimNode::NextFrame(v1::Frame* out) {
   const HardwareProfile& p = options_.profile;
   AdvanceEpisodes();
   ++seq_;
@@ -137,7 +143,8 @@ v1::Frame SimNode::NextFrame() {
   const bool swapping = p.always_swapping || swap_frames_left_ > 0;
   const ThermalEffect fx = EffectOf(thermal_);
 
-  v1::Frame f;
+  v1::Frame& f = *out;
+  f.Clear();
   f.set_node_id(options_.node_id);
   f.set_boot_id(options_.boot_id);
   f.set_seq(seq_);
@@ -285,7 +292,6 @@ v1::Frame SimNode::NextFrame() {
     sys->set_memory_available_bytes(static_cast<uint64_t>(host * (0.3 + 0.3 * Uniform())));
   }
   sys->set_memory_total_bytes(p.host_memory_bytes);
-  return f;
 }
 
 }  // namespace fleetwes::agent::loadgen

@@ -35,6 +35,9 @@ class SimNode {
 
   // The next frame: seq 1, 2, ...; window [start + (seq-1)*interval, start + seq*interval].
   v1::Frame NextFrame();
+  // The same into `out` (cleared first), which may live on an arena: the load generator builds
+  // each frame on its own arena, one allocation per frame.
+  void NextFrame(v1::Frame* out);
 
   const std::string& node_id() const { return options_.node_id; }
   uint64_t last_seq() const { return seq_; }

@@ -4,8 +4,10 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 
 namespace fleetwes::aggregator {
 
@@ -20,7 +22,7 @@ void Expire(KeySet& set, absl::Time cutoff) {
 
 // The index in `keys` of the first key that would push `set` above `cap` (after forgetting
 // expired keys), or -1 when all of them fit.
-int FirstOverCap(KeySet& set, const std::vector<uint64_t>& keys, size_t cap, absl::Time cutoff) {
+int FirstOverCap(KeySet& set, absl::Span<const uint64_t> keys, size_t cap, absl::Time cutoff) {
   absl::flat_hash_set<uint64_t> fresh;
   bool expired = false;
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -45,13 +47,14 @@ NodeCardinality::Shard& NodeCardinality::ShardOf(const std::string& node_id) con
 }
 
 std::optional<Rejection> NodeCardinality::Admit(const v1::Frame& frame, absl::Time now) {
-  std::vector<uint64_t> model_keys;
+  // Inline for the usual handful: no allocation per frame.
+  absl::InlinedVector<uint64_t, 8> model_keys;
   model_keys.reserve(frame.models_size());
   for (const v1::ModelSample& m : frame.models()) {
     model_keys.push_back(absl::Hash<std::pair<absl::string_view, absl::string_view>>{}(
         {absl::string_view(m.engine_id()), absl::string_view(m.model())}));
   }
-  std::vector<uint64_t> device_keys;
+  absl::InlinedVector<uint64_t, 8> device_keys;
   device_keys.reserve(frame.devices_size());
   for (const v1::Device& d : frame.devices()) {
     device_keys.push_back(absl::Hash<absl::string_view>{}(absl::string_view(d.id())));
