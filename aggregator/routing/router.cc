@@ -438,6 +438,21 @@ RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set, const Stalenes
   return t;
 }
 
+void PrepareRouteTable(const RouteTable& table) {
+  if (!table.ordered || table.lazy == nullptr) return;
+  // The rows a default answer lists come from the front of these orders (a few more than the
+  // default count, for the stale or excluded rows passed over).
+  constexpr size_t kPrebuilt = 2 * kPickDefaultCount;
+  auto prebuild_front = [&](const std::vector<uint32_t>& order) {
+    for (size_t k = 0; k < std::min(order.size(), kPrebuilt); ++k) Prebuilt(table, order[k]);
+  };
+  prebuild_front(ByScore(table, v1::OBJECTIVE_EFFICIENCY).rows);
+  prebuild_front(ByScore(table, v1::OBJECTIVE_LATENCY).rows);
+  prebuild_front(ByRank(table));
+  prebuild_front(ByLatency(table));
+  ByExpiry(table);
+}
+
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,
                                       const std::vector<NodeStatePtr>& nodes, absl::Time now,
                                       const StalenessPolicy& policy, absl::BitGenRef gen) {

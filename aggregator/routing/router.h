@@ -115,6 +115,12 @@ RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_
 RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set,
                            const StalenessPolicy& policy = StalenessPolicy{});
 
+// Builds what Pick would otherwise build on first use of an ordered table: every order and the
+// prebuilt candidates of the rows at the front of each (so a table prepared off the call path,
+// e.g. by RouterService's refresh, costs the calls that share it nothing more). No-op for a
+// table that is not ordered. Thread-safe, like the lazy parts it builds.
+void PrepareRouteTable(const RouteTable& table);
+
 // `nodes`: the nodes serving the model (CandidatesFor); others are skipped. `gen` draws the
 // ONE-mode pick (a seeded generator makes it reproducible). INVALID_ARGUMENT for a bad request
 // (empty model, unknown enum, NaN, negative or out-of-range constraint, too many labels or
