@@ -2,6 +2,7 @@
 
 #include <grpcpp/support/message_allocator.h>
 
+#include <chrono>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -80,6 +81,7 @@ void RouterService::Publish(
 
 size_t RouterService::Refresh() {
   absl::MutexLock refresh_lock(&refresh_mu_);
+  const auto start = std::chrono::steady_clock::now();
   // Built outside publish_mu_: a first call for a new model publishes meanwhile without waiting.
   const std::shared_ptr<const Tables> current = tables_.load(std::memory_order_acquire);
   std::vector<std::pair<std::string, std::shared_ptr<const RouteTable>>> rebuilt;
@@ -95,6 +97,10 @@ size_t RouterService::Refresh() {
     rebuilt.emplace_back(model, std::move(fresh));
   }
   if (!rebuilt.empty()) Publish(rebuilt);
+  refresh_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                  std::chrono::steady_clock::now() - start)
+                                                  .count()),
+                        std::memory_order_acq_rel);
   refreshes_.fetch_add(1, std::memory_order_acq_rel);
   return rebuilt.size();
 }

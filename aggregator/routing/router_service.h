@@ -65,8 +65,10 @@ class RouterService final : public v1::Router::CallbackService {
   // thread does every table_refresh); returns how many were rebuilt. Thread-safe; concurrent
   // refreshes run one after the other.
   size_t Refresh();
-  // Refresh passes completed so far (by the thread or by Refresh()).
+  // Refresh passes completed so far (by the thread or by Refresh()), and the steady (real)
+  // time they took together, in nanoseconds.
   uint64_t refreshes() const { return refreshes_.load(std::memory_order_acquire); }
+  uint64_t refresh_ns() const { return refresh_ns_.load(std::memory_order_acquire); }
 
  private:
   class Allocator;
@@ -93,6 +95,7 @@ class RouterService final : public v1::Router::CallbackService {
   std::atomic<std::shared_ptr<const Tables>> tables_;
   absl::Mutex publish_mu_;
   absl::Mutex refresh_mu_;  // one Refresh at a time
+  std::atomic<uint64_t> refresh_ns_{0};
   std::atomic<uint64_t> refreshes_{0};
   absl::Notification stop_;
   std::thread refresh_thread_;

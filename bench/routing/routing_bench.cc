@@ -11,10 +11,11 @@
 //   3. Pick p50/p99 latency at half the saturation QPS, open loop: calls start on a fixed
 //      schedule and latency counts from the scheduled start, so a stall is not hidden.
 //   4. the trivial call's p50/p99 at the same rate, open loop (the transport's own share);
-//   5. with --churn, Pick p50/p99 at that rate again while a thread applies each fresh node's
-//      frame again every --churn_period_s (window end moved on, the FakeClock moved with real
-//      time): the change rate of a real fleet, so the route tables are rebuilt (by the
-//      service's refresh, every --table_refresh_ms; 0: by the calls) while calls are answered.
+//   5. with --churn, while a thread applies each fresh node's frame again every --churn_period_s
+//      (window end moved on, the FakeClock moved with real time: the change rate of a real
+//      fleet, so the route tables are rebuilt, by the service's refresh every
+//      --table_refresh_ms, or by the calls with 0): RouterService::Answer timed in process for
+//      2 s back to back, then Pick p50/p99 over gRPC at the rate of phase 3.
 // --candidates=index makes the server pick over node lists built once at start, building the
 // rows on every call (the server's own path keeps each model's route table and refreshes it
 // off the call path). Before the gRPC phases, the table build and Pick over a table are timed in
@@ -487,23 +488,46 @@ int Run() {
   double churn_p99 = 0;
   double churn_rate = 0;
   int64_t churn_errors = 0;
+  double answer_p50 = 0;
+  uint64_t refreshes = 0;
+  double refresh_ms = 0;
+  double answer_p99 = 0;
   const bool churn = absl::GetFlag(FLAGS_churn);
   if (churn) {
     Churn churner(&state, &clock, std::move(fresh_frames),
                   absl::Seconds(absl::GetFlag(FLAGS_churn_period_s)));
     Load churn_load(&stubs, kPickMethod, pick_bodies);
     churner.Start();
+    // In process first: RouterService::Answer back to back for 2 s, each call timed.
+    std::vector<double> answer_us;
+    const Clock::time_point answer_end = Clock::now() + std::chrono::seconds(2);
+    for (size_t i = 0; Clock::now() < answer_end; ++i) {
+      v1::PickResponse resp;
+      const Clock::time_point a = Clock::now();
+      if (!router.Answer(picks[i % picks.size()], &resp).ok()) ++churn_errors;
+      answer_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count());
+    }
+    std::sort(answer_us.begin(), answer_us.end());
+    answer_p50 = Percentile(answer_us, 0.50);
+    answer_p99 = Percentile(answer_us, 0.99);
+    std::fprintf(stderr,
+                 "==> in process with the fleet changing: RouterService::Answer p50 %.1f us, "
+                 "p99 %.1f us (%zu calls)\n",
+                 answer_p50, answer_p99, answer_us.size());
     std::vector<double> churn_lat = churn_load.Paced(paced_qps, duration);
     churner.Stop();
     churn_p50 = Percentile(churn_lat, 0.50);
     churn_p99 = Percentile(churn_lat, 0.99);
     churn_rate = churner.rate();
-    churn_errors = churn_load.errors();
+    churn_errors += churn_load.errors();
     std::fprintf(stderr,
                  "==> Pick at %.0f calls/s (open loop) with %.0f frames/s applied: p50 %.0f us, "
-                 "p99 %.0f us (%zu); %llu table refreshes\n",
-                 paced_qps, churn_rate, churn_p50, churn_p99, churn_lat.size(),
-                 static_cast<unsigned long long>(router.refreshes()));
+                 "p99 %.0f us (%zu)\n",
+                 paced_qps, churn_rate, churn_p50, churn_p99, churn_lat.size());
+    refreshes = router.refreshes();
+    refresh_ms = refreshes > 0 ? router.refresh_ns() / 1e6 / refreshes : 0;
+    std::fprintf(stderr, "==> %llu table refreshes, %.1f ms each on average\n",
+                 static_cast<unsigned long long>(refreshes), refresh_ms);
   }
   const int64_t errors = pick_load.errors() + trivial_load.errors() + churn_errors;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -533,6 +557,10 @@ int Run() {
     j["churn_frames_per_s"] = churn_rate;
     j["churn_p50_us"] = churn_p50;
     j["churn_p99_us"] = churn_p99;
+    j["churn_answer_p50_us"] = answer_p50;
+    j["churn_answer_p99_us"] = answer_p99;
+    j["churn_refreshes"] = refreshes;
+    j["churn_refresh_ms"] = refresh_ms;
   }
   j["ratio"] = trivial_qps > 0 ? pick_qps / trivial_qps : 0;
   j["pick_cpu_us"] = pick_load.cpu_us_per_call();
