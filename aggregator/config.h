@@ -71,8 +71,9 @@ struct LeaderboardConfig {
 
 // Router.Pick (docs/api.md, "Router").
 struct RouterConfig {
-  // Period of the route table refresh: a change to a model's nodes reaches Pick within it.
-  // Default 100ms; 0..10s (0: a call rebuilds its model's table when the nodes changed).
+  // Period of the route table refresh: a change to a model's nodes reaches Pick within it (plus
+  // the time one refresh takes). Default 100ms; 0..10s (0: a call rebuilds its model's table
+  // when the nodes changed).
   absl::Duration table_refresh = absl::Milliseconds(100);
 };
 

@@ -354,9 +354,9 @@ int Run() {
     picks.push_back(r);
   }
 
-  // Pick in process, no transport: what one call costs the server's CPU. The service keeps a
-  // model's route table until one of the model's nodes changes; building it is what a change
-  // costs the next call.
+  // Pick in process, no transport: what one call costs the server's CPU. The service's refresh
+  // rebuilds a model's route table after a change to its nodes; building it (and the orders the
+  // first Pick builds) is what a change costs the refresh.
   const StalenessPolicy policy;
   const int kBuilds = 200;
   const absl::Time t = absl::Now();
