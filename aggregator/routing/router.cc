@@ -418,13 +418,25 @@ RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_
   return t;
 }
 
-RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set, const StalenessPolicy& policy) {
+RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set, const StalenessPolicy& policy,
+                           const RouteTable* previous) {
   RouteTable t;
   t.rows.reserve(set->nodes.size());
   t.stale_at.reserve(set->nodes.size());
+  // Both sets are sorted by node id: walk the previous rows alongside.
+  const bool reuse = previous != nullptr && previous->set != nullptr &&
+                     previous->rows.size() == previous->set->nodes.size();
+  size_t j = 0;
   bool finite = true;
   for (size_t i = 0; i < set->nodes.size(); ++i) {
-    const RouteRow& r = t.rows.emplace_back(RowOf(*set->nodes[i], *set->models[i]));
+    const NodeState* node = set->nodes[i].get();
+    const ModelState* model = set->models[i];
+    if (reuse) {
+      while (j < previous->rows.size() && previous->rows[j].node->node_id < node->node_id) ++j;
+    }
+    const bool same = reuse && j < previous->rows.size() && previous->rows[j].node == node &&
+                      previous->rows[j].model == model;
+    const RouteRow& r = t.rows.emplace_back(same ? previous->rows[j] : RowOf(*node, *model));
     t.stale_at.push_back(r.window_end + policy.Threshold(r.interval_s));
     finite =
         finite && std::isfinite(r.wes) && std::isfinite(r.wes_raw) && std::isfinite(r.latency_s);

@@ -92,7 +92,8 @@ size_t RouterService::Refresh() {
       rebuilt.emplace_back(model, nullptr);
       continue;
     }
-    auto fresh = std::make_shared<const RouteTable>(BuildRouteTable(std::move(set), policy_));
+    auto fresh =
+        std::make_shared<const RouteTable>(BuildRouteTable(std::move(set), policy_, table.get()));
     PrepareRouteTable(*fresh);
     rebuilt.emplace_back(model, std::move(fresh));
   }

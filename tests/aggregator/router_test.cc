@@ -830,6 +830,50 @@ TEST(RouteTableTest, AnotherPolicyThanTheTablesIsScannedPlainly) {
   EXPECT_EQ(other->excluded(0).node_id(), "node-25");
 }
 
+// A table built on the previous one (rows of unchanged nodes copied) has the rows a fresh build
+// has, and answers alike, after frames changed some nodes, added one and left the others.
+TEST(RouteTableTest, ATableBuiltOnThePreviousOneEqualsAFreshBuild) {
+  FleetState state;
+  auto apply = [&](const std::string& id, uint64_t seq, double tokens_per_s, absl::Time end) {
+    state.ApplyHello(MakeHello(id, "boot", {{"zone", "a"}}), end);
+    v1::Frame f = MakeFrame(id, "boot", seq, end, {.tokens_per_s = tokens_per_s, .watts = 100});
+    RecomputeWes(ThermalPenalties{}, &f);
+    state.ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
+  };
+  for (int n = 0; n < 30; ++n) apply(absl::StrCat("node-", 10 + n), 1, 10.0 + n * 3, T0());
+  const RouteTable first = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{});
+  for (int n : {0, 7, 29}) apply(absl::StrCat("node-", 10 + n), 2, 200.0 - n, T0());
+  apply("node-05", 1, 150, T0());  // sorts before every other node
+  apply("node-25b", 1, 60, T0());  // between two
+  const RouteTable rebuilt = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{}, &first);
+  const RouteTable fresh = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{});
+  ASSERT_EQ(rebuilt.rows.size(), 32u);
+  ASSERT_EQ(fresh.rows.size(), rebuilt.rows.size());
+  int copied = 0;
+  for (size_t i = 0; i < fresh.rows.size(); ++i) {
+    const RouteRow& a = rebuilt.rows[i];
+    const RouteRow& b = fresh.rows[i];
+    EXPECT_EQ(a.node, b.node);
+    EXPECT_EQ(a.model, b.model);
+    EXPECT_EQ(a.wes, b.wes) << a.node->node_id;
+    EXPECT_EQ(a.latency_s, b.latency_s);
+    EXPECT_EQ(a.window_end, b.window_end);
+    EXPECT_EQ(rebuilt.stale_at[i], fresh.stale_at[i]);
+    for (const RouteRow& old : first.rows) copied += old.node == a.node ? 1 : 0;
+  }
+  EXPECT_EQ(copied, 27);  // 30 nodes, 3 changed
+  v1::PickRequest r;
+  r.set_model("llama3-8b");
+  r.set_count(10);
+  std::mt19937_64 g1(1);
+  std::mt19937_64 g2(1);
+  absl::StatusOr<v1::PickResponse> x = Pick(r, rebuilt, T0(), StalenessPolicy{}, g1);
+  absl::StatusOr<v1::PickResponse> y = Pick(r, fresh, T0(), StalenessPolicy{}, g2);
+  ASSERT_TRUE(x.ok() && y.ok());
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*x, *y));
+  EXPECT_EQ(x->recommendation().node_id(), "node-10");  // 200 tok/s now
+}
+
 // Calls sharing a fresh table build its orders and prebuilt candidates once, whichever thread
 // comes first, and all answer as the plain scan.
 TEST(RouteTableTest, ConcurrentCallsOnAFreshTableAnswerAlike) {
