@@ -109,16 +109,16 @@ size_t RouterService::Refresh() {
 std::shared_ptr<const RouteTable> RouterService::TableFor(const std::string& model) {
   const std::shared_ptr<const Tables> tables = tables_.load(std::memory_order_acquire);
   auto it = tables->find(model);
-  std::shared_ptr<const ServingSet> set;
+  const RouteTable* previous = nullptr;
   if (it != tables->end()) {
     if (options_.table_refresh > absl::ZeroDuration()) return it->second;
-    set = state_->Serving(model);
-    if (it->second->set == set) return it->second;
-  } else {
-    set = state_->Serving(model);
+    previous = it->second.get();
   }
+  std::shared_ptr<const ServingSet> set = state_->Serving(model);
+  if (previous != nullptr && previous->set == set) return it->second;
   if (set->nodes.empty()) return std::make_shared<const RouteTable>();
-  auto table = std::make_shared<const RouteTable>(BuildRouteTable(std::move(set), policy_));
+  auto table =
+      std::make_shared<const RouteTable>(BuildRouteTable(std::move(set), policy_, previous));
   Publish({{model, table}});
   return table;
 }
