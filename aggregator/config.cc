@@ -154,6 +154,18 @@ absl::Status ReadLeaderboard(MapReader& root, LeaderboardConfig* out) {
   return r.Finish();
 }
 
+absl::Status ReadRouter(MapReader& root, RouterConfig* out) {
+  absl::StatusOr<std::optional<MapReader>> child = root.Child("router");
+  if (!child.ok()) return child.status();
+  if (!child->has_value()) return absl::OkStatus();
+  MapReader& r = **child;
+  if (absl::Status s = r.ReadDuration("table_refresh", &out->table_refresh); !s.ok()) return s;
+  if (out->table_refresh < absl::ZeroDuration() || out->table_refresh > absl::Seconds(10)) {
+    return r.Error("table_refresh", "must be between 0s and 10s");
+  }
+  return r.Finish();
+}
+
 absl::Status ReadDatabase(MapReader& root, std::string* url) {
   absl::StatusOr<std::optional<MapReader>> child = root.Child("database");
   if (!child.ok()) return child.status();
@@ -187,6 +199,7 @@ absl::StatusOr<AggregatorConfig> ParseDocument(const YAML::Node& doc) {
   }
   if (absl::Status s = ReadPenalties(r, &c.thermal_penalties); !s.ok()) return s;
   if (absl::Status s = ReadLeaderboard(r, &c.leaderboard); !s.ok()) return s;
+  if (absl::Status s = ReadRouter(r, &c.router); !s.ok()) return s;
 
   if (absl::Status s = r.Read("max_frame_bytes", &c.max_frame_bytes); !s.ok()) return s;
   if (absl::Status s = CheckIntRange(r, "max_frame_bytes", c.max_frame_bytes, 1024, 4 << 20);

@@ -69,6 +69,14 @@ struct LeaderboardConfig {
   absl::Duration checkpoint_interval = absl::Minutes(5);
 };
 
+// Router.Pick (docs/api.md, "Router").
+struct RouterConfig {
+  // Period of the route table refresh: a change to a model's nodes reaches Pick within it (plus
+  // the time one refresh takes). Default 100ms; 0..10s (0: a call rebuilds its model's table
+  // when the nodes changed).
+  absl::Duration table_refresh = absl::Milliseconds(100);
+};
+
 struct AggregatorConfig {
   // gRPC listen address "host:port" (Ingest, Router, Fleet, health, reflection). Port 0 picks a
   // free port (logged, and available from the server). Default "0.0.0.0:7470".
@@ -89,6 +97,7 @@ struct AggregatorConfig {
   // it. Each >= 1 and non-decreasing from normal to critical. Defaults 1.0/1.25/1.75/2.0.
   ThermalPenalties thermal_penalties;
   LeaderboardConfig leaderboard;
+  RouterConfig router;
   // Largest serialized frame accepted. Default 65536; 1024..4194304.
   int64_t max_frame_bytes = 65536;
   // trace|debug|info|warn|error|off. Default info.

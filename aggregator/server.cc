@@ -63,7 +63,8 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       ingest_service_(&writer_, &state_, clock_, &metrics_,
                       IngestOptions{config_.max_frame_bytes, config_.thermal_penalties,
                                     absl::Hours(24 * config_.retention.frames_days)}),
-      router_service_(&state_, clock_, policy_, &metrics_),
+      router_service_(&state_, clock_, policy_, &metrics_,
+                      RouterOptions{config_.router.table_refresh}),
       fleet_service_(&queries_, &metrics_, &events_, clock_) {
   // Rank changes, thermal transitions and nodes going stale reach the events table and watchers.
   state_.SetEventSink(&events_);

@@ -418,13 +418,25 @@ RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_
   return t;
 }
 
-RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set, const StalenessPolicy& policy) {
+RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set, const StalenessPolicy& policy,
+                           const RouteTable* previous) {
   RouteTable t;
   t.rows.reserve(set->nodes.size());
   t.stale_at.reserve(set->nodes.size());
+  // Both sets are sorted by node id: walk the previous rows alongside.
+  const bool reuse = previous != nullptr && previous->set != nullptr &&
+                     previous->rows.size() == previous->set->nodes.size();
+  size_t j = 0;
   bool finite = true;
   for (size_t i = 0; i < set->nodes.size(); ++i) {
-    const RouteRow& r = t.rows.emplace_back(RowOf(*set->nodes[i], *set->models[i]));
+    const NodeState* node = set->nodes[i].get();
+    const ModelState* model = set->models[i];
+    if (reuse) {
+      while (j < previous->rows.size() && previous->rows[j].node->node_id < node->node_id) ++j;
+    }
+    const bool same = reuse && j < previous->rows.size() && previous->rows[j].node == node &&
+                      previous->rows[j].model == model;
+    const RouteRow& r = t.rows.emplace_back(same ? previous->rows[j] : RowOf(*node, *model));
     t.stale_at.push_back(r.window_end + policy.Threshold(r.interval_s));
     finite =
         finite && std::isfinite(r.wes) && std::isfinite(r.wes_raw) && std::isfinite(r.latency_s);
@@ -436,6 +448,21 @@ RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set, const Stalenes
   t.ordered = finite && policy.min >= absl::ZeroDuration() && t.rows.size() < (size_t{1} << 31);
   if (t.ordered) t.lazy = std::make_unique<RouteTable::Lazy>(t.rows.size());
   return t;
+}
+
+void PrepareRouteTable(const RouteTable& table) {
+  if (!table.ordered || table.lazy == nullptr) return;
+  // The rows a default answer lists come from the front of these orders (a few more than the
+  // default count, for the stale or excluded rows passed over).
+  constexpr size_t kPrebuilt = 2 * kPickDefaultCount;
+  auto prebuild_front = [&](const std::vector<uint32_t>& order) {
+    for (size_t k = 0; k < std::min(order.size(), kPrebuilt); ++k) Prebuilt(table, order[k]);
+  };
+  prebuild_front(ByScore(table, v1::OBJECTIVE_EFFICIENCY).rows);
+  prebuild_front(ByScore(table, v1::OBJECTIVE_LATENCY).rows);
+  prebuild_front(ByRank(table));
+  prebuild_front(ByLatency(table));
+  ByExpiry(table);
 }
 
 absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request,

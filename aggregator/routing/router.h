@@ -111,9 +111,19 @@ struct RouteTable {
 // Rows of the nodes in `nodes` that serve `model` (others are skipped), for one plain scan.
 RouteTable BuildRouteTable(const std::vector<NodeStatePtr>& nodes, absl::string_view model);
 // Rows of a serving set (FleetState::Serving), ordered for the calls that share it; staleness
-// precomputed under `policy` (a Pick with another policy scans plainly).
+// precomputed under `policy` (a Pick with another policy scans plainly). `previous`, when given,
+// is an earlier table of the same model built from a serving set: the rows of the nodes whose
+// state is the same object in both sets are copied from it instead of read again (node states
+// are immutable once published, so the rows are equal).
 RouteTable BuildRouteTable(std::shared_ptr<const ServingSet> set,
-                           const StalenessPolicy& policy = StalenessPolicy{});
+                           const StalenessPolicy& policy = StalenessPolicy{},
+                           const RouteTable* previous = nullptr);
+
+// Builds what Pick would otherwise build on first use of an ordered table: every order and the
+// prebuilt candidates of the rows at the front of each (so a table prepared off the call path,
+// e.g. by RouterService's refresh, costs the calls that share it nothing more). No-op for a
+// table that is not ordered. Thread-safe, like the lazy parts it builds.
+void PrepareRouteTable(const RouteTable& table);
 
 // `nodes`: the nodes serving the model (CandidatesFor); others are skipped. `gen` draws the
 // ONE-mode pick (a seeded generator makes it reproducible). INVALID_ARGUMENT for a bad request

@@ -1,20 +1,32 @@
 // Router.Pick over gRPC: the nodes serving the model and the aggregator's clock handed to Pick
-// (routing/router.h). The model's route table is built from the fleet state's serving set
-// (FleetState::Serving) and kept until that set changes, so calls between two changes to the
-// model's nodes share one table (and what Pick builds on it on first use: orders, prebuilt
-// candidates). A callback service: each call is answered on the gRPC thread that received it,
-// its request and response on a per-call arena. Thread-safe.
+// (routing/router.h). Each model's route table is built from the fleet state's serving set
+// (FleetState::Serving) off the call path: a refresh thread rebuilds, every
+// RouterOptions::table_refresh, the tables of the models whose serving set changed since their
+// table was built, prepares them (PrepareRouteTable) and publishes them. A call reads the
+// published tables with one atomic load and never builds one, except the first call for a model
+// the service has no table of yet. A change to a model's nodes (a frame, a Hello's labels) is
+// therefore answered from within table_refresh (plus the time a refresh takes); staleness and
+// data age are still judged at the call's time. With table_refresh 0 there is no thread and a
+// call whose model's set changed rebuilds the table itself (every call sees the latest state).
+// A callback service: each call is answered on the gRPC thread that received it, its request and
+// response on a per-call arena. Thread-safe; a call that finds its model's table published takes
+// no lock (neither the service's nor the fleet state's).
 #ifndef FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "aggregator/fleet/fleet_state.h"
 #include "aggregator/metrics.h"
 #include "aggregator/routing/router.h"
@@ -23,15 +35,23 @@
 
 namespace fleetwes::aggregator {
 
+struct RouterOptions {
+  // Period of the table refresh, and so how long a change to a model's nodes may go unseen by
+  // Pick (docs/api.md). Default 100ms; 0: no refresh thread, calls rebuild changed tables.
+  absl::Duration table_refresh = absl::Milliseconds(100);
+};
+
 class RouterService final : public v1::Router::CallbackService {
  public:
   // The nodes to pick from for a model; must be thread-safe.
   using CandidateSource = std::function<std::vector<NodeStatePtr>(absl::string_view model)>;
 
-  // Pointers must outlive the service. `candidates`, when given, replaces the fleet state's
-  // serving sets (and the table cache) as the source of a model's nodes.
+  // Pointers must outlive the service; the refresh thread (when options.table_refresh > 0)
+  // waits on `clock` and runs until destruction. `candidates`, when given, replaces the fleet
+  // state's serving sets (and the table cache) as the source of a model's nodes.
   RouterService(const FleetState* state, Clock* clock, StalenessPolicy policy,
-                AggregatorMetrics* metrics, CandidateSource candidates = nullptr);
+                AggregatorMetrics* metrics, RouterOptions options = {},
+                CandidateSource candidates = nullptr);
   ~RouterService() override;
 
   grpc::ServerUnaryReactor* Pick(grpc::CallbackServerContext* context,
@@ -41,21 +61,44 @@ class RouterService final : public v1::Router::CallbackService {
   // What Pick answers, without the transport (counted in the metrics as a call).
   grpc::Status Answer(const v1::PickRequest& request, v1::PickResponse* response);
 
+  // Rebuilds and publishes the tables of the models whose serving set changed (what the refresh
+  // thread does every table_refresh); returns how many were rebuilt. Thread-safe; concurrent
+  // refreshes run one after the other.
+  size_t Refresh();
+  // Refresh passes completed so far (by the thread or by Refresh()), and the steady (real)
+  // time they took together, in nanoseconds.
+  uint64_t refreshes() const { return refreshes_.load(std::memory_order_acquire); }
+  uint64_t refresh_ns() const { return refresh_ns_.load(std::memory_order_acquire); }
+
  private:
   class Allocator;
+  // Model name -> its published table; copied on write, never changed once published.
+  using Tables = absl::flat_hash_map<std::string, std::shared_ptr<const RouteTable>>;
+
+  // The table to answer `model` from: the published one (with table_refresh 0, only while its
+  // set is current); else built now and published.
+  std::shared_ptr<const RouteTable> TableFor(const std::string& model);
+  // Publishes `add` (model -> table) over the current tables; null tables remove their model.
+  void Publish(const std::vector<std::pair<std::string, std::shared_ptr<const RouteTable>>>& add);
+  void RunRefresh();
 
   const FleetState* const state_;
   Clock* const clock_;
   const StalenessPolicy policy_;
   AggregatorMetrics* const metrics_;
-  // The table of a model's current serving set; rebuilt when the set changed.
-  std::shared_ptr<const RouteTable> TableFor(const std::string& model);
-
+  const RouterOptions options_;
   const CandidateSource candidates_;
   std::unique_ptr<Allocator> allocator_;  // per-call arenas
-  // Models seen in requests that some node serves; bounded by the models in the fleet.
-  absl::Mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<const RouteTable>> tables_ ABSL_GUARDED_BY(mu_);
+
+  // Models seen in requests that some node serves; bounded by the models in the fleet. Readers
+  // load the pointer; writers (Publish) copy, change and store it under publish_mu_.
+  std::atomic<std::shared_ptr<const Tables>> tables_;
+  absl::Mutex publish_mu_;
+  absl::Mutex refresh_mu_;  // one Refresh at a time
+  std::atomic<uint64_t> refresh_ns_{0};
+  std::atomic<uint64_t> refreshes_{0};
+  absl::Notification stop_;
+  std::thread refresh_thread_;
 };
 
 }  // namespace fleetwes::aggregator

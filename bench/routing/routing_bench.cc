@@ -10,9 +10,15 @@
 //   2. the trivial call's QPS the same way;
 //   3. Pick p50/p99 latency at half the saturation QPS, open loop: calls start on a fixed
 //      schedule and latency counts from the scheduled start, so a stall is not hidden.
+//   4. the trivial call's p50/p99 at the same rate, open loop (the transport's own share);
+//   5. with --churn, while a thread applies each fresh node's frame again every --churn_period_s
+//      (window end moved on, the FakeClock moved with real time: the change rate of a real
+//      fleet, so the route tables are rebuilt, by the service's refresh every
+//      --table_refresh_ms, or by the calls with 0): RouterService::Answer timed in process for
+//      2 s back to back, then Pick p50/p99 over gRPC at the rate of phase 3.
 // --candidates=index makes the server pick over node lists built once at start, building the
-// rows on every call (the server's own path keeps each model's route table until one of its
-// nodes changes). Before the gRPC phases, the table build and Pick over a table are timed in
+// rows on every call (the server's own path keeps each model's route table and refreshes it
+// off the call path). Before the gRPC phases, the table build and Pick over a table are timed in
 // process, with the first Pick over a fresh table. Requests cycle through the models (objective
 // EFFICIENCY, count 5, --mode). Prints figures and ends with one JSON line:
 //   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
@@ -22,11 +28,13 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -34,11 +42,14 @@
 #include "absl/flags/parse.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "aggregator/fleet/fleet_state.h"
 #include "aggregator/ingest/recompute_wes.h"
 #include "aggregator/metrics.h"
+#include "aggregator/proto_time.h"
 #include "aggregator/routing/router.h"
 #include "aggregator/routing/router_service.h"
 #include "common/clock.h"
@@ -61,6 +72,16 @@ ABSL_FLAG(std::string, candidates, "fleet",
           "where the server finds a model's nodes: fleet (CandidatesFor, as the aggregator "
           "does) or index (a per-model list built once: what a per-model index in the fleet "
           "state gives)");
+ABSL_FLAG(bool, churn, false,
+          "also measure Pick p50/p99 at the paced rate while every fresh node reports again "
+          "every --churn_period_s");
+ABSL_FLAG(double, churn_period_s, 2, "with --churn: each node's reporting interval");
+ABSL_FLAG(bool, mutex_deadlock_detection, false,
+          "keep absl's mutex deadlock detection on (the Debian build's default); off by default, "
+          "as fleetwes-aggregator's main sets it (the server runs in this process)");
+ABSL_FLAG(int, table_refresh_ms, 100,
+          "the service's route table refresh period (RouterOptions::table_refresh); 0: calls "
+          "rebuild changed tables");
 
 namespace fleetwes::aggregator {
 namespace {
@@ -72,8 +93,11 @@ constexpr char kHealthMethod[] = "/grpc.health.v1.Health/Check";
 
 std::string ModelName(int i) { return absl::StrCat("model-", i); }
 
-// Fills `state` with the fleet; data is 1 s old at `now` (stale for every 101st node).
-void FillFleet(FleetState* state, absl::Time now, int nodes, int models, int per_node) {
+// Fills `state` with the fleet; data is 1 s old at `now` (stale for every 101st node). Returns
+// the frames of the fresh nodes.
+std::vector<v1::Frame> FillFleet(FleetState* state, absl::Time now, int nodes, int models,
+                                 int per_node) {
+  std::vector<v1::Frame> fresh;
   const int stride = std::max(1, models / per_node);
   for (int i = 0; i < nodes; ++i) {
     const std::string id = absl::StrCat("node-", 100000 + i);
@@ -94,9 +118,64 @@ void FillFleet(FleetState* state, absl::Time now, int nodes, int models, int per
     v1::Frame f = testing::MakeFrame(id, "boot", 1, end, spec(0));
     for (int j = 1; j < per_node; ++j) testing::AddModel(&f, spec(j));
     RecomputeWes(ThermalPenalties{}, &f);
+    if (i % 101 != 100) fresh.push_back(f);
     state->ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
   }
+  return fresh;
 }
+
+// Applies the fresh nodes' frames again, round-robin, each node once per `period`, with the
+// window ending at the clock's time, and moves `clock` with real time (from Start to Stop).
+class Churn {
+ public:
+  Churn(FleetState* state, FakeClock* clock, std::vector<v1::Frame> frames, absl::Duration period)
+      : state_(state), clock_(clock), frames_(std::move(frames)), period_(period) {}
+  ~Churn() { Stop(); }
+
+  void Start() {
+    thread_ = std::thread([this] { Run(); });
+  }
+  void Stop() {
+    if (!thread_.joinable()) return;
+    stop_.Notify();
+    thread_.join();
+  }
+  // Frames applied per second of real time.
+  double rate() const { return seconds_ > 0 ? static_cast<double>(applied_.load()) / seconds_ : 0; }
+
+ private:
+  void Run() {
+    const absl::Time base = clock_->Now();
+    const Clock::time_point t0 = Clock::now();
+    const double per_s = static_cast<double>(frames_.size()) / absl::ToDoubleSeconds(period_);
+    const int64_t n = static_cast<int64_t>(frames_.size());
+    int64_t k = 0;
+    while (!stop_.HasBeenNotified()) {
+      const double e = std::chrono::duration<double>(Clock::now() - t0).count();
+      const absl::Time now = base + absl::Seconds(e);
+      clock_->SetTime(now);
+      for (const int64_t due = static_cast<int64_t>(e * per_s); k < due && n > 0; ++k) {
+        v1::Frame f = frames_[k % n];
+        f.set_seq(2 + static_cast<uint64_t>(k / n));
+        *f.mutable_window_start() = ToProtoTime(now - absl::Seconds(f.interval_s()));
+        *f.mutable_window_end() = ToProtoTime(now);
+        state_->ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), now);
+      }
+      seconds_ = e;
+      applied_.store(k);
+      stop_.WaitForNotificationWithTimeout(absl::Milliseconds(1));
+    }
+  }
+
+  FleetState* const state_;
+  FakeClock* const clock_;
+  const std::vector<v1::Frame> frames_;
+  const absl::Duration period_;
+  absl::Notification stop_;
+  std::thread thread_;
+  std::atomic<int64_t> applied_{0};
+  double seconds_ = 0;  // read after Stop
+};
 
 // User and system CPU time of this process so far, in microseconds.
 double ProcessCpuUs() {
@@ -253,7 +332,8 @@ int Run() {
   if (nodes < 1 || models < 1 || per_node < 1 || absl::GetFlag(FLAGS_outstanding) < 1 ||
       absl::GetFlag(FLAGS_channels) < 1 || duration <= absl::ZeroDuration() ||
       (mode != "ranked" && mode != "one") ||
-      (absl::GetFlag(FLAGS_candidates) != "fleet" && absl::GetFlag(FLAGS_candidates) != "index")) {
+      (absl::GetFlag(FLAGS_candidates) != "fleet" && absl::GetFlag(FLAGS_candidates) != "index") ||
+      !(absl::GetFlag(FLAGS_churn_period_s) > 0) || absl::GetFlag(FLAGS_table_refresh_ms) < 0) {
     std::fprintf(stderr, "routing: bad flags (see --help)\n");
     return 2;
   }
@@ -261,7 +341,7 @@ int Run() {
   FakeClock clock;
   FleetState state;
   const absl::Time fill_start = absl::Now();
-  FillFleet(&state, clock.Now(), nodes, models, per_node);
+  std::vector<v1::Frame> fresh_frames = FillFleet(&state, clock.Now(), nodes, models, per_node);
   std::fprintf(stderr, "==> fleet: %d nodes x %d models (%d per node) filled in %.1f s\n", nodes,
                models, per_node, absl::ToDoubleSeconds(absl::Now() - fill_start));
 
@@ -274,9 +354,9 @@ int Run() {
     picks.push_back(r);
   }
 
-  // Pick in process, no transport: what one call costs the server's CPU. The service keeps a
-  // model's route table until one of the model's nodes changes; building it is what a change
-  // costs the next call.
+  // Pick in process, no transport: what one call costs the server's CPU. The service's refresh
+  // rebuilds a model's route table after a change to its nodes; building it (and the orders the
+  // first Pick builds) is what a change costs the refresh.
   const StalenessPolicy policy;
   const int kBuilds = 200;
   const absl::Time t = absl::Now();
@@ -336,7 +416,9 @@ int Run() {
       return it != index.end() ? it->second : std::vector<NodeStatePtr>{};
     };
   }
-  RouterService router(&state, &clock, policy, &metrics, std::move(source));
+  RouterOptions router_options;
+  router_options.table_refresh = absl::Milliseconds(absl::GetFlag(FLAGS_table_refresh_ms));
+  RouterService router(&state, &clock, policy, &metrics, router_options, std::move(source));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -396,7 +478,58 @@ int Run() {
   const double p99 = Percentile(lat, 0.99);
   std::fprintf(stderr, "==> Pick at %.0f calls/s (open loop): p50 %.0f us, p99 %.0f us (%zu)\n",
                paced_qps, p50, p99, lat.size());
-  const int64_t errors = pick_load.errors() + trivial_load.errors();
+  std::vector<double> trivial_lat = trivial_load.Paced(paced_qps, duration);
+  const double trivial_p50 = Percentile(trivial_lat, 0.50);
+  const double trivial_p99 = Percentile(trivial_lat, 0.99);
+  std::fprintf(stderr,
+               "==> Health.Check at %.0f calls/s (open loop): p50 %.0f us, p99 %.0f us (%zu)\n",
+               paced_qps, trivial_p50, trivial_p99, trivial_lat.size());
+  double churn_p50 = 0;
+  double churn_p99 = 0;
+  double churn_rate = 0;
+  int64_t churn_errors = 0;
+  double answer_p50 = 0;
+  uint64_t refreshes = 0;
+  double refresh_ms = 0;
+  double answer_p99 = 0;
+  const bool churn = absl::GetFlag(FLAGS_churn);
+  if (churn) {
+    Churn churner(&state, &clock, std::move(fresh_frames),
+                  absl::Seconds(absl::GetFlag(FLAGS_churn_period_s)));
+    Load churn_load(&stubs, kPickMethod, pick_bodies);
+    churner.Start();
+    // In process first: RouterService::Answer back to back for 2 s, each call timed.
+    std::vector<double> answer_us;
+    const Clock::time_point answer_end = Clock::now() + std::chrono::seconds(2);
+    for (size_t i = 0; Clock::now() < answer_end; ++i) {
+      v1::PickResponse resp;
+      const Clock::time_point a = Clock::now();
+      if (!router.Answer(picks[i % picks.size()], &resp).ok()) ++churn_errors;
+      answer_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count());
+    }
+    std::sort(answer_us.begin(), answer_us.end());
+    answer_p50 = Percentile(answer_us, 0.50);
+    answer_p99 = Percentile(answer_us, 0.99);
+    std::fprintf(stderr,
+                 "==> in process with the fleet changing: RouterService::Answer p50 %.1f us, "
+                 "p99 %.1f us (%zu calls)\n",
+                 answer_p50, answer_p99, answer_us.size());
+    std::vector<double> churn_lat = churn_load.Paced(paced_qps, duration);
+    churner.Stop();
+    churn_p50 = Percentile(churn_lat, 0.50);
+    churn_p99 = Percentile(churn_lat, 0.99);
+    churn_rate = churner.rate();
+    churn_errors += churn_load.errors();
+    std::fprintf(stderr,
+                 "==> Pick at %.0f calls/s (open loop) with %.0f frames/s applied: p50 %.0f us, "
+                 "p99 %.0f us (%zu)\n",
+                 paced_qps, churn_rate, churn_p50, churn_p99, churn_lat.size());
+    refreshes = router.refreshes();
+    refresh_ms = refreshes > 0 ? router.refresh_ns() / 1e6 / refreshes : 0;
+    std::fprintf(stderr, "==> %llu table refreshes, %.1f ms each on average\n",
+                 static_cast<unsigned long long>(refreshes), refresh_ms);
+  }
+  const int64_t errors = pick_load.errors() + trivial_load.errors() + churn_errors;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 
   nlohmann::json j;
@@ -416,6 +549,19 @@ int Run() {
   j["pick_p99_us"] = p99;
   j["paced_qps"] = paced_qps;
   j["trivial_qps"] = trivial_qps;
+  j["trivial_p50_us"] = trivial_p50;
+  j["trivial_p99_us"] = trivial_p99;
+  j["table_refresh_ms"] = absl::GetFlag(FLAGS_table_refresh_ms);
+  j["mutex_deadlock_detection"] = absl::GetFlag(FLAGS_mutex_deadlock_detection);
+  if (churn) {
+    j["churn_frames_per_s"] = churn_rate;
+    j["churn_p50_us"] = churn_p50;
+    j["churn_p99_us"] = churn_p99;
+    j["churn_answer_p50_us"] = answer_p50;
+    j["churn_answer_p99_us"] = answer_p99;
+    j["churn_refreshes"] = refreshes;
+    j["churn_refresh_ms"] = refresh_ms;
+  }
   j["ratio"] = trivial_qps > 0 ? pick_qps / trivial_qps : 0;
   j["pick_cpu_us"] = pick_load.cpu_us_per_call();
   j["trivial_cpu_us"] = trivial_load.cpu_us_per_call();
@@ -432,5 +578,8 @@ int Run() {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (!absl::GetFlag(FLAGS_mutex_deadlock_detection)) {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
   return fleetwes::aggregator::Run();
 }

@@ -5,9 +5,11 @@
 #
 #   bench/routing/run.sh                          10000 nodes x 50 models, 3 models per node
 #   bench/routing/run.sh --mode one --outstanding 32
+#   bench/routing/run.sh --churn                  also p50/p99 while every node reports each 2 s
 #
 # Ends with the program's JSON line plus the machine's load average at the end:
-#   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,"load1":..}
+#   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"trivial_p99_us":..,
+#    "ratio":..,"load1":..} (with --churn also churn_p50_us, churn_p99_us, churn_frames_per_s)
 # Targets: ratio >= 0.8, pick_p99_us <= 1000.
 set -Eeuo pipefail
 
@@ -22,6 +24,9 @@ options:
   --outstanding N        calls in flight at saturation (default 64)
   --duration N           seconds per phase (default 5)
   --mode ranked|one      Pick mode (default ranked)
+  --churn                also measure p50/p99 at the same rate while each fresh node's frame is
+                         applied again every 2 s (the route tables change all the time)
+  --table-refresh-ms N   the router's table refresh period (default 100; 0: rebuilt by calls)
   --build DIR            build directory (default build/bench; configured and built when needed)
   --skip-build           use the binaries already in --build
   -h, --help             this help
@@ -37,6 +42,8 @@ per_node=3
 outstanding=64
 duration=5
 mode=ranked
+churn=false
+table_refresh_ms=100
 build="$root/build/bench"
 skip_build=0
 while [ $# -gt 0 ]; do
@@ -47,6 +54,8 @@ while [ $# -gt 0 ]; do
     --outstanding) need_number "$1" "${2:-}" 1; outstanding=$2; shift ;;
     --duration) need_number "$1" "${2:-}" 1; duration=$2; shift ;;
     --mode) case "${2:-}" in ranked|one) mode=$2 ;; *) die "--mode needs ranked or one" ;; esac; shift ;;
+    --churn) churn=true ;;
+    --table-refresh-ms) need_number "$1" "${2:-}" 0; table_refresh_ms=$2; shift ;;
     --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -58,7 +67,8 @@ bench_build "$build" "$skip_build" fleetwes-routing-bench
 
 say "uptime before: $(uptime)"
 line=$("$build/bin/fleetwes-routing-bench" --nodes="$nodes" --models="$models" \
-  --models_per_node="$per_node" --outstanding="$outstanding" --duration_s="$duration" --mode="$mode")
+  --models_per_node="$per_node" --outstanding="$outstanding" --duration_s="$duration" --mode="$mode" \
+  --churn="$churn" --table_refresh_ms="$table_refresh_ms")
 load1=$(cut -d' ' -f1 /proc/loadavg)
 say "uptime after: $(uptime)"
 printf '%s\n' "${line%\}},\"load1\":$load1}"

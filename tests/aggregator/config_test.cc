@@ -33,6 +33,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->retention.events_days, 30);
   EXPECT_EQ(c->retention.check_interval, absl::Hours(1));
   EXPECT_EQ(c->retention.days_ahead, 2);
+  EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(100));
 }
 
 TEST(ConfigTest, ReadsEveryOption) {
@@ -67,6 +68,8 @@ leaderboard:
   baseline_window: 12h
   baseline_min_samples: 100
   checkpoint_interval: 1m
+router:
+  table_refresh: 250ms
 max_frame_bytes: 131072
 log_level: debug
 )");
@@ -96,6 +99,7 @@ log_level: debug
   EXPECT_EQ(c->leaderboard.baseline_window, absl::Hours(12));
   EXPECT_EQ(c->leaderboard.baseline_min_samples, 100);
   EXPECT_EQ(c->leaderboard.checkpoint_interval, absl::Minutes(1));
+  EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(250));
 }
 
 TEST(ConfigTest, ErrorsNameTheKey) {
@@ -122,6 +126,9 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"leaderboard:\n  thermal_event_interval: -1s\n", "leaderboard.thermal_event_interval"},
       {"leaderboard:\n  baseline_min_samples: 0\n", "leaderboard.baseline_min_samples"},
       {"leaderboard:\n  checkpoint_interval: 1s\n", "leaderboard.checkpoint_interval"},
+      {"router:\n  table_refresh: 11s\n", "router.table_refresh"},
+      {"router:\n  table_refresh: -1ms\n", "router.table_refresh"},
+      {"router:\n  refresh: 1s\n", "refresh'"},
       {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},
       {"thermal_penalties:\n  serious: 1.1\n", "thermal_penalties.serious"},
       {"max_frame_bytes: 10\n", "max_frame_bytes"},

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "aggregator/ingest/recompute_wes.h"
 #include "aggregator/metrics.h"
 #include "aggregator/routing/router_service.h"
@@ -312,6 +314,8 @@ TEST_F(RouterTest, ServingSetIsSharedUntilOneOfTheModelsNodesChanges) {
 TEST_F(RouterTest, TheServiceAnswersFromTheLatestStateAndAsPickDoes) {
   FakeClock clock(now_);
   AggregatorMetrics metrics;
+  // The refresh thread waits on the FakeClock, which does not move until the end: tables change
+  // only by Refresh() until then.
   RouterService service(&state_, &clock, StalenessPolicy{}, &metrics);
   Add("a", {.tokens_per_s = 50, .watts = 100});
   Add("b", {.tokens_per_s = 40, .watts = 100});
@@ -324,24 +328,91 @@ TEST_F(RouterTest, TheServiceAnswersFromTheLatestStateAndAsPickDoes) {
   ASSERT_TRUE(direct.ok());
   EXPECT_EQ(resp.SerializeAsString(), direct->SerializeAsString());
 
-  // b gets better: the table the service kept must not hide it.
+  // b gets better: the call does not rebuild the table, the next refresh does.
   Add("b", {.tokens_per_s = 90, .watts = 100}, T0() + absl::Milliseconds(500));
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "a");
+  EXPECT_EQ(service.Refresh(), 1u);
   ASSERT_TRUE(service.Answer(req, &resp).ok());
   EXPECT_EQ(resp.efficiency().node_id(), "b");
   EXPECT_DOUBLE_EQ(resp.efficiency().wes_penalized(), 0.9);
+  direct = Pick(req);
+  ASSERT_TRUE(direct.ok());
+  EXPECT_EQ(resp.SerializeAsString(), direct->SerializeAsString());
+  EXPECT_EQ(service.Refresh(), 0u);  // nothing changed since
 
-  // Labels a Hello changes count at once.
+  // Labels a Hello changes count from the next refresh on.
   req.mutable_constraints()->mutable_required_labels()->insert({"zone", "b"});
   EXPECT_EQ(service.Answer(req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
   state_.ApplyHello(MakeHello("a", "boot", {{"zone", "b"}}), T0());
+  EXPECT_EQ(service.Refresh(), 1u);
   ASSERT_TRUE(service.Answer(req, &resp).ok());
   EXPECT_EQ(resp.recommendation().node_id(), "a");
+
+  // Staleness is judged at the call's time, whatever the table's age.
+  clock.SetTime(T0() + absl::Seconds(30));
+  req.clear_constraints();
+  EXPECT_EQ(service.Answer(req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 
   // Bad and unknown models are answered without a table.
   req.set_model("");
   EXPECT_EQ(service.Answer(req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   req.set_model("mistral-7b");
   EXPECT_EQ(service.Answer(req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// Polls `done` until it holds or 10 s of real time pass.
+bool Eventually(const std::function<bool()>& done) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+// The refresh thread publishes a change within table_refresh: not before the clock gets there.
+TEST_F(RouterTest, TheRefreshThreadPublishesAChangeWithinTheRefreshInterval) {
+  FakeClock clock(now_);
+  AggregatorMetrics metrics;
+  RouterService service(&state_, &clock, StalenessPolicy{}, &metrics,
+                        RouterOptions{.table_refresh = absl::Milliseconds(100)});
+  Add("a", {.tokens_per_s = 50, .watts = 100});
+  Add("b", {.tokens_per_s = 40, .watts = 100});
+  v1::PickRequest req = Request();
+  v1::PickResponse resp;
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "a");
+  ASSERT_TRUE(Eventually([&] { return clock.waiters() == 1; }));  // the thread is parked
+
+  Add("b", {.tokens_per_s = 90, .watts = 100}, T0() + absl::Milliseconds(500));
+  clock.Advance(absl::Milliseconds(99));
+  ASSERT_TRUE(Eventually([&] { return clock.waiters() == 1; }));
+  EXPECT_EQ(service.refreshes(), 0u);
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "a");
+
+  clock.Advance(absl::Milliseconds(1));
+  ASSERT_TRUE(Eventually([&] { return service.refreshes() >= 1; }));
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "b");
+}
+
+// With table_refresh 0 there is no thread: the next call sees a change.
+TEST_F(RouterTest, WithoutRefreshTheNextCallSeesAChange) {
+  FakeClock clock(now_);
+  AggregatorMetrics metrics;
+  RouterService service(&state_, &clock, StalenessPolicy{}, &metrics,
+                        RouterOptions{.table_refresh = absl::ZeroDuration()});
+  Add("a", {.tokens_per_s = 50, .watts = 100});
+  v1::PickRequest req = Request();
+  v1::PickResponse resp;
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "a");
+  Add("b", {.tokens_per_s = 90, .watts = 100});
+  ASSERT_TRUE(service.Answer(req, &resp).ok());
+  EXPECT_EQ(resp.efficiency().node_id(), "b");
+  EXPECT_EQ(clock.waiters(), 0);
 }
 
 // WES 1.00, 0.90, 0.85, 0.50 tok/J: the band is score >= 0.8, so the last one gets no weight.
@@ -651,7 +722,7 @@ TEST_F(RouterTest, NanNegativeAndOutOfRangeConstraintsAreInvalidArgument) {
 // The table the service keeps (orders, expiry order, prebuilt candidates) answers exactly as the
 // plain scan over the node list does: random fleets (score ties, idle and stale nodes, nodes
 // without the model) and random requests (every objective and mode, counts, each constraint),
-// over one table as time passes.
+// over one table as time passes, whether the table was prepared ahead or not.
 TEST(RouteTableTest, OrderedTableAnswersAsThePlainScan) {
   std::mt19937_64 rnd(20260102);
   auto pick = [&](auto... options) {
@@ -695,6 +766,8 @@ TEST(RouteTableTest, OrderedTableAnswersAsThePlainScan) {
     }
     const RouteTable table = BuildRouteTable(state.Serving("llama3-8b"), policy);
     ASSERT_TRUE(table.ordered);
+    // Half the tables prepared ahead, as the service's refresh does; the others built lazily.
+    if (fleet % 2 == 0) PrepareRouteTable(table);
     const std::vector<NodeStatePtr> list = CandidatesFor(state, "llama3-8b");
     for (int q = 0; q < 40; ++q) {
       v1::PickRequest r;
@@ -755,6 +828,50 @@ TEST(RouteTableTest, AnotherPolicyThanTheTablesIsScannedPlainly) {
   EXPECT_EQ(other->candidates_size(), 2);
   ASSERT_EQ(other->excluded_size(), 1);
   EXPECT_EQ(other->excluded(0).node_id(), "node-25");
+}
+
+// A table built on the previous one (rows of unchanged nodes copied) has the rows a fresh build
+// has, and answers alike, after frames changed some nodes, added one and left the others.
+TEST(RouteTableTest, ATableBuiltOnThePreviousOneEqualsAFreshBuild) {
+  FleetState state;
+  auto apply = [&](const std::string& id, uint64_t seq, double tokens_per_s, absl::Time end) {
+    state.ApplyHello(MakeHello(id, "boot", {{"zone", "a"}}), end);
+    v1::Frame f = MakeFrame(id, "boot", seq, end, {.tokens_per_s = tokens_per_s, .watts = 100});
+    RecomputeWes(ThermalPenalties{}, &f);
+    state.ApplyFrame(std::make_shared<const v1::Frame>(std::move(f)), end);
+  };
+  for (int n = 0; n < 30; ++n) apply(absl::StrCat("node-", 10 + n), 1, 10.0 + n * 3, T0());
+  const RouteTable first = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{});
+  for (int n : {0, 7, 29}) apply(absl::StrCat("node-", 10 + n), 2, 200.0 - n, T0());
+  apply("node-05", 1, 150, T0());  // sorts before every other node
+  apply("node-25b", 1, 60, T0());  // between two
+  const RouteTable rebuilt = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{}, &first);
+  const RouteTable fresh = BuildRouteTable(state.Serving("llama3-8b"), StalenessPolicy{});
+  ASSERT_EQ(rebuilt.rows.size(), 32u);
+  ASSERT_EQ(fresh.rows.size(), rebuilt.rows.size());
+  int copied = 0;
+  for (size_t i = 0; i < fresh.rows.size(); ++i) {
+    const RouteRow& a = rebuilt.rows[i];
+    const RouteRow& b = fresh.rows[i];
+    EXPECT_EQ(a.node, b.node);
+    EXPECT_EQ(a.model, b.model);
+    EXPECT_EQ(a.wes, b.wes) << a.node->node_id;
+    EXPECT_EQ(a.latency_s, b.latency_s);
+    EXPECT_EQ(a.window_end, b.window_end);
+    EXPECT_EQ(rebuilt.stale_at[i], fresh.stale_at[i]);
+    for (const RouteRow& old : first.rows) copied += old.node == a.node ? 1 : 0;
+  }
+  EXPECT_EQ(copied, 27);  // 30 nodes, 3 changed
+  v1::PickRequest r;
+  r.set_model("llama3-8b");
+  r.set_count(10);
+  std::mt19937_64 g1(1);
+  std::mt19937_64 g2(1);
+  absl::StatusOr<v1::PickResponse> x = Pick(r, rebuilt, T0(), StalenessPolicy{}, g1);
+  absl::StatusOr<v1::PickResponse> y = Pick(r, fresh, T0(), StalenessPolicy{}, g2);
+  ASSERT_TRUE(x.ok() && y.ok());
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*x, *y));
+  EXPECT_EQ(x->recommendation().node_id(), "node-10");  // 200 tok/s now
 }
 
 // Calls sharing a fresh table build its orders and prebuilt candidates once, whichever thread
