@@ -1,10 +1,11 @@
-// fleetwes-store-bench: the cost of PgBatchStore's two ways of writing frames (writer.frames_copy:
-// direct and staged), measured side by side on one PostgreSQL. Each mode writes into its own new
-// database; rounds alternate between the modes so that other load on the machine weighs on both
-// alike. Frames come from fleetwes-loadgen's simulated nodes (real sizes, models and devices).
-// Per mode: frames per second of wall time, the client's CPU (row building, libpqxx) and the
-// server backend's CPU (from /proc, so PostgreSQL must run on this machine) per frame, the median
-// batch time; then one JSON line. The databases are dropped at the end.
+// fleetwes-store-bench: the cost of PgBatchStore's ways of writing frames (writer.frames_copy:
+// direct and staged, both with binary COPY; and direct with text COPY), measured side by side on
+// one PostgreSQL. Each mode writes into its own new database; rounds alternate between the modes so
+// that other load on the machine weighs on both alike. Frames come from fleetwes-loadgen's
+// simulated nodes (real sizes, models and devices). Per mode: frames per second of wall time, the
+// client's CPU (row building, libpqxx) and the server backend's CPU (from /proc, so PostgreSQL must
+// run on this machine) per frame, the median batch time; then one JSON line. The databases are
+// dropped at the end.
 #include <time.h>
 #include <unistd.h>
 
@@ -75,6 +76,7 @@ double ProcessCpuSeconds(int pid) {
 struct Mode {
   std::string name;
   PgBatchStore::Mode mode;
+  PgBatchStore::CopyFormat format;
   std::string db;
   std::unique_ptr<PgBatchStore> store;
   std::vector<std::unique_ptr<lg::SimNode>> sims;
@@ -102,7 +104,8 @@ std::vector<FrameRecord> NextBatch(Mode& m, int n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Compares PgBatchStore's direct and staged frame writes.");
+  absl::SetProgramUsageMessage(
+      "Compares PgBatchStore's frame writes: direct and staged, binary and text COPY.");
   absl::ParseCommandLine(argc, argv);
   const std::string cluster = absl::GetFlag(FLAGS_database_url);
   if (cluster.empty()) {
@@ -118,8 +121,10 @@ int main(int argc, char** argv) {
   try {
     pqxx::connection admin(cluster);
     std::vector<Mode> modes;
-    modes.push_back(Mode{"direct", PgBatchStore::Mode::kDirect});
-    modes.push_back(Mode{"staged", PgBatchStore::Mode::kStaged});
+    modes.push_back(Mode{"direct", PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kBinary});
+    modes.push_back(Mode{"staged", PgBatchStore::Mode::kStaged, PgBatchStore::CopyFormat::kBinary});
+    modes.push_back(
+        Mode{"direct_text", PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kText});
     const auto& profiles = lg::BuiltinProfiles();
     const absl::Time start = absl::Now() - absl::Hours(1);
     for (Mode& m : modes) {
@@ -139,7 +144,7 @@ int main(int argc, char** argv) {
         }
       }
       m.store = std::make_unique<PgBatchStore>(db_url, fleetwes::aggregator::RetentionConfig{},
-                                               nullptr, m.mode);
+                                               nullptr, m.mode, m.format);
       for (int i = 0; i < nodes; ++i) {
         lg::SimNodeOptions so;
         so.node_id = absl::StrFormat("bench-%05d", i);
