@@ -52,6 +52,8 @@ absl::Status ReadWriter(MapReader& root, WriterConfig* out) {
   if (out->frames_copy != "direct" && out->frames_copy != "staged") {
     return r.Error("frames_copy", "must be \"direct\" or \"staged\"");
   }
+  if (absl::Status s = r.Read("connections", &out->connections); !s.ok()) return s;
+  if (absl::Status s = CheckIntRange(r, "connections", out->connections, 1, 16); !s.ok()) return s;
   return r.Finish();
 }
 

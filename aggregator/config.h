@@ -30,6 +30,9 @@ struct WriterConfig {
   // frames straight into `frames`) or "staged" (COPY into a temporary table, then INSERT ...
   // ON CONFLICT DO NOTHING). Both skip replayed frames; docs/benchmarks.md compares them.
   std::string frames_copy = "direct";
+  // Database connections the writer writes through, each with its own thread; a node's items
+  // always go through the same one (store/writer.h). Default 1; 1..16.
+  int64_t connections = 1;
 };
 
 // How long rows are kept. Sample tables are partitioned by UTC day of window_end; a day's partition

@@ -30,6 +30,25 @@ WriterOptions WriterOptionsFrom(const AggregatorConfig& c) {
   return o;
 }
 
+// One PgBatchStore (database connection) per writer connection.
+std::vector<std::unique_ptr<PgBatchStore>> BatchStoresFrom(const AggregatorConfig& c,
+                                                           Clock* clock) {
+  std::vector<std::unique_ptr<PgBatchStore>> stores;
+  for (int64_t i = 0; i < c.writer.connections; ++i) {
+    stores.push_back(std::make_unique<PgBatchStore>(c.database_url, c.retention, clock,
+                                                    c.writer.frames_copy == "staged"
+                                                        ? PgBatchStore::Mode::kStaged
+                                                        : PgBatchStore::Mode::kDirect));
+  }
+  return stores;
+}
+
+std::vector<BatchStore*> Pointers(const std::vector<std::unique_ptr<PgBatchStore>>& stores) {
+  std::vector<BatchStore*> out;
+  for (const auto& s : stores) out.push_back(s.get());
+  return out;
+}
+
 StalenessPolicy PolicyFrom(const AggregatorConfig& c) {
   return StalenessPolicy{c.stale_after, c.stale_after_min};
 }
@@ -53,11 +72,9 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       options_(options),
       policy_(PolicyFrom(config_)),
       state_(FleetOptionsFrom(config_, policy_)),
-      batch_store_(config_.database_url, config_.retention, clock_,
-                   config_.writer.frames_copy == "staged" ? PgBatchStore::Mode::kStaged
-                                                          : PgBatchStore::Mode::kDirect),
+      batch_stores_(BatchStoresFrom(config_, clock_)),
       reader_(config_.database_url),
-      writer_(&batch_store_, clock_, &metrics_, WriterOptionsFrom(config_)),
+      writer_(Pointers(batch_stores_), clock_, &metrics_, WriterOptionsFrom(config_)),
       events_(config_.database_url, config_.retention, clock_, &metrics_),
       queries_(&state_, &reader_, clock_, policy_),
       ingest_service_(&writer_, &state_, clock_, &metrics_,

@@ -9,6 +9,7 @@
 #include <grpcpp/server.h>
 
 #include <memory>
+#include <vector>
 #include <pqxx/connection>
 #include <thread>
 
@@ -83,7 +84,7 @@ class AggregatorServer {
 
   AggregatorMetrics metrics_;
   FleetState state_;
-  PgBatchStore batch_store_;
+  std::vector<std::unique_ptr<PgBatchStore>> batch_stores_;  // writer.connections
   PgReader reader_;
   Writer writer_;
   EventHub events_;

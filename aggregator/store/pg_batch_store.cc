@@ -1,5 +1,7 @@
 #include "aggregator/store/pg_batch_store.h"
 
+#include <libpq-fe.h>
+
 #include <algorithm>
 #include <exception>
 #include <nlohmann/json.hpp>
@@ -12,6 +14,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "aggregator/proto_time.h"
 #include "aggregator/store/partitions.h"
 #include "aggregator/store/pg_status.h"
@@ -265,10 +268,202 @@ void CopyLines(pqxx::work& tx, const std::string& table, const std::vector<std::
   writer.complete();
 }
 
+// libpqxx 6 writes COPY data as text only and keeps the connection's PGconn private. An explicit
+// template instantiation may name a private member: Expose<> hands out the pointer to
+// connection_base::m_conn through the friend RawConnMember(), for PQputCopyData below.
+struct RawConnTag {
+  using type = pqxx::internal::pq::PGconn* pqxx::connection_base::*;
+};
+template <typename Tag, typename Tag::type kMember>
+struct Expose {
+  friend typename Tag::type RawConnMember(Tag) { return kMember; }
+};
+RawConnTag::type RawConnMember(RawConnTag);
+template struct Expose<RawConnTag, &pqxx::connection_base::m_conn>;
+
+// Throws what libpqxx throws for a failed statement with this SQLSTATE (pg_status.h maps it).
+[[noreturn]] void ThrowCopyError(PGconn* pg, const std::string& message, const std::string& state,
+                                 const std::string& query) {
+  if (PQstatus(pg) == CONNECTION_BAD) throw pqxx::broken_connection(message);
+  if (state == "23505") throw pqxx::unique_violation(message, query, state.c_str());
+  if (absl::StartsWith(state, "23")) {
+    throw pqxx::integrity_constraint_violation(message, query, state.c_str());
+  }
+  if (absl::StartsWith(state, "22")) throw pqxx::data_exception(message, query, state.c_str());
+  throw pqxx::sql_error(message, query, state.empty() ? nullptr : state.c_str());
+}
+
+// COPY `data` (sql::BinaryCopy) into `table` (`columns`) within `tx`.
+void CopyBinary(pqxx::work& tx, pqxx::connection& conn, const std::string& table,
+                const std::vector<std::string>& columns, const std::string& data) {
+  const std::string query = absl::StrCat("COPY ", table, " (", absl::StrJoin(columns, ","),
+                                         ") FROM STDIN (FORMAT binary)");
+  tx.exec(query);  // the server now waits for COPY data
+  PGconn* const pg = conn.*RawConnMember(RawConnTag{});
+  // One CopyData message per MiB keeps the server's message buffer small.
+  constexpr size_t kChunk = 1 << 20;
+  for (size_t at = 0; at < data.size(); at += kChunk) {
+    const size_t n = std::min(kChunk, data.size() - at);
+    if (PQputCopyData(pg, data.data() + at, static_cast<int>(n)) != 1) {
+      throw pqxx::broken_connection(PQerrorMessage(pg));
+    }
+  }
+  if (PQputCopyEnd(pg, nullptr) != 1) throw pqxx::broken_connection(PQerrorMessage(pg));
+  std::string message;
+  std::string state;
+  while (PGresult* r = PQgetResult(pg)) {
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && message.empty()) {
+      message = PQresultErrorMessage(r);
+      const char* code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      state = code != nullptr ? code : "";
+      if (message.empty()) message = "COPY failed";
+    }
+    PQclear(r);
+  }
+  if (message.empty() && PQstatus(pg) == CONNECTION_BAD) message = PQerrorMessage(pg);
+  if (!message.empty()) ThrowCopyError(pg, message, state, query);
+}
+
+void FrameBinary(sql::BinaryCopy& out, const FrameRecord& r) {
+  const v1::Frame& f = *r.frame;
+  const v1::Wes& w = f.node_wes();
+  const v1::SystemSample& s = f.system();
+  out.Row(19)
+      .Text(f.node_id())
+      .Text(f.boot_id())
+      .Int64(static_cast<int64_t>(f.seq()))
+      .Timestamp(f.window_start())
+      .Timestamp(f.window_end())
+      .Time(r.received_at)
+      .Double(f.interval_s())
+      .Double(w.tokens_per_s())
+      .OptionalDouble(w.has_watts(), w.watts())
+      .Double(w.pue())
+      .OptionalDouble(w.has_raw(), w.raw())
+      .OptionalDouble(w.has_penalized(), w.penalized())
+      .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
+  if (w.has_raw()) {
+    out.Null();
+  } else {
+    const std::string_view reason = WesNullReasonName(w.null_reason());
+    out.Text(absl::string_view(reason.data(), reason.size()));
+  }
+  out.Int16(f.thermal_state())
+      .Bool(s.memory_pressure())
+      .OptionalDouble(s.has_swap_in_pages_per_s(), s.swap_in_pages_per_s())
+      .OptionalDouble(s.has_swap_out_pages_per_s(), s.swap_out_pages_per_s())
+      .Bytes(r.serialized);
+}
+
+void BinaryLatency(sql::BinaryCopy& out, const v1::LatencySummary& l) {
+  out.OptionalDouble(l.has_mean_s(), l.mean_s())
+      .OptionalDouble(l.has_p50_s(), l.p50_s())
+      .OptionalDouble(l.has_p95_s(), l.p95_s())
+      .Int64(static_cast<int64_t>(l.count()))
+      .Bool(l.estimate());
+}
+
+void BinaryChildKey(sql::BinaryCopy& out, const v1::Frame& f, int16_t fields) {
+  out.Row(fields)
+      .Text(f.node_id())
+      .Text(f.boot_id())
+      .Int64(static_cast<int64_t>(f.seq()))
+      .Timestamp(f.window_end());
+}
+
+void ModelBinary(sql::BinaryCopy& out, const v1::Frame& f, const v1::ModelSample& m) {
+  const v1::Wes& w = m.wes();
+  BinaryChildKey(out, f, 30);
+  out.Text(m.engine_id())
+      .Int16(m.engine())
+      .Text(m.model())
+      .OptionalDouble(m.has_decode_tokens_per_s(), m.decode_tokens_per_s())
+      .OptionalDouble(m.has_prefill_tokens_per_s(), m.prefill_tokens_per_s());
+  BinaryLatency(out, m.ttft());
+  BinaryLatency(out, m.tpot());
+  out.OptionalInt32(m.has_requests_running(), m.requests_running())
+      .OptionalInt32(m.has_requests_waiting(), m.requests_waiting())
+      .OptionalDouble(m.has_kv_cache_usage(), m.kv_cache_usage())
+      .OptionalDouble(m.has_watts_attributed(), m.watts_attributed())
+      .Double(w.tokens_per_s())
+      .OptionalDouble(w.has_watts(), w.watts())
+      .OptionalDouble(w.has_raw(), w.raw())
+      .OptionalDouble(w.has_penalized(), w.penalized())
+      .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
+  if (w.has_raw()) {
+    out.Null();
+  } else {
+    const std::string_view reason = WesNullReasonName(w.null_reason());
+    out.Text(absl::string_view(reason.data(), reason.size()));
+  }
+  out.Int16(w.thermal_state());
+}
+
+void DeviceBinary(sql::BinaryCopy& out, const v1::Frame& f, const v1::Device& d) {
+  BinaryChildKey(out, f, 15);
+  out.Text(d.id())
+      .Int16(d.kind())
+      .Int16(d.power_scope())
+      .OptionalDouble(d.has_power_w(), d.power_w())
+      .OptionalDouble(d.has_energy_j(), d.energy_j())
+      .OptionalDouble(d.has_temperature_c(), d.temperature_c())
+      .OptionalDouble(d.has_clock_mhz(), d.clock_mhz())
+      .OptionalDouble(d.has_clock_max_mhz(), d.clock_max_mhz())
+      .Int64(static_cast<int64_t>(d.throttle_mask()))
+      .Int16(d.thermal_state())
+      .Bool(d.power_capped());
+}
+
+// The rows of one COPY in the store's format: text lines (tablewriter) or binary COPY data.
+class CopyRows {
+ public:
+  explicit CopyRows(PgBatchStore::CopyFormat format) : format_(format) {}
+
+  void AddFrame(const FrameRecord& r) {
+    if (format_ == PgBatchStore::CopyFormat::kBinary) {
+      FrameBinary(binary_, r);
+    } else {
+      lines_.push_back(FrameLine(r));
+    }
+  }
+  void AddModel(const v1::Frame& f, const v1::ModelSample& m) {
+    if (format_ == PgBatchStore::CopyFormat::kBinary) {
+      ModelBinary(binary_, f, m);
+    } else {
+      lines_.push_back(ModelLine(ChildKey(f), m));
+    }
+  }
+  void AddDevice(const v1::Frame& f, const v1::Device& d) {
+    if (format_ == PgBatchStore::CopyFormat::kBinary) {
+      DeviceBinary(binary_, f, d);
+    } else {
+      lines_.push_back(DeviceLine(ChildKey(f), d));
+    }
+  }
+  // OK, or why a value cannot be written (binary: a value out of its column's range).
+  absl::Status status() const { return binary_.status(); }
+
+  // COPYs the rows into `table` within `tx` (nothing when there are none).
+  void Copy(pqxx::work& tx, pqxx::connection& conn, const std::string& table,
+            const std::vector<std::string>& columns) {
+    if (format_ == PgBatchStore::CopyFormat::kBinary) {
+      if (binary_.rows() > 0) CopyBinary(tx, conn, table, columns, binary_.Finish());
+    } else {
+      CopyLines(tx, table, columns, lines_);
+    }
+  }
+
+ private:
+  const PgBatchStore::CopyFormat format_;
+  std::vector<std::string> lines_;
+  sql::BinaryCopy binary_;
+};
+
 }  // namespace
 
-PgBatchStore::PgBatchStore(std::string url, RetentionConfig retention, Clock* clock, Mode mode)
-    : url_(std::move(url)), retention_(retention), clock_(clock), mode_(mode) {}
+PgBatchStore::PgBatchStore(std::string url, RetentionConfig retention, Clock* clock, Mode mode,
+                           CopyFormat format)
+    : url_(std::move(url)), retention_(retention), clock_(clock), mode_(mode), format_(format) {}
 
 PgBatchStore::~PgBatchStore() = default;
 
@@ -360,21 +555,31 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
         absl::Time& t = seen[f.node_id()];
         t = std::max(t, frames[i]->received_at);
       }
-      std::vector<std::string> lines;
-      lines.reserve(offered.size());
+      CopyRows frame_rows(format_);
       if (mode == Mode::kStaged) {
-        for (size_t i : offered) lines.push_back(FrameLine(*frames[i]));
-        CopyLines(tx, "fleetwes_stage_frames", FrameColumns(), lines);
+        for (size_t i : offered) frame_rows.AddFrame(*frames[i]);
+        if (absl::Status s = frame_rows.status(); !s.ok()) return s;
+        frame_rows.Copy(tx, *conn_, "fleetwes_stage_frames", FrameColumns());
         for (const pqxx::row& row : tx.exec(std::string(kDrainStage))) {
           auto it = first.find(
               FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
           if (it != first.end()) inserted[it->second] = true;
         }
       } else {
-        // Which keys are stored already (replays); the others are COPYed straight into frames.
-        for (size_t begin = 0; begin < offered.size(); begin += kChildRowsPerStatement) {
-          const size_t end = std::min(offered.size(), begin + kChildRowsPerStatement);
-          for (const pqxx::row& row : tx.exec(StoredKeysQuery(tx, frames, offered, begin, end))) {
+        // Which keys are stored already (replays), among the frames that may be; the others are
+        // COPYed straight into frames.
+        std::vector<size_t> lookup;
+        for (size_t i : offered) {
+          const v1::Frame& f = *frames[i]->frame;
+          auto it = stored_seq_.find(f.node_id());
+          if (it == stored_seq_.end() || it->second.boot_id != f.boot_id() ||
+              static_cast<int64_t>(f.seq()) <= it->second.seq) {
+            lookup.push_back(i);
+          }
+        }
+        for (size_t begin = 0; begin < lookup.size(); begin += kChildRowsPerStatement) {
+          const size_t end = std::min(lookup.size(), begin + kChildRowsPerStatement);
+          for (const pqxx::row& row : tx.exec(StoredKeysQuery(tx, frames, lookup, begin, end))) {
             first.erase(
                 FrameKey{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>()});
           }
@@ -385,28 +590,30 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
             continue;
           }
           inserted[i] = true;
-          lines.push_back(FrameLine(*frames[i]));
+          frame_rows.AddFrame(*frames[i]);
         }
-        CopyLines(tx, "frames", FrameColumns(), lines);
+        if (absl::Status s = frame_rows.status(); !s.ok()) return s;
+        frame_rows.Copy(tx, *conn_, "frames", FrameColumns());
       }
 
       // Model and device rows of the frames inserted now (never for duplicates).
-      std::vector<std::string> model_rows;
-      std::vector<std::string> device_rows;
+      CopyRows model_rows(format_);
+      CopyRows device_rows(format_);
       for (size_t i = 0; i < frames.size(); ++i) {
         if (!inserted[i]) continue;
         const v1::Frame& f = *frames[i]->frame;
-        const sql::CopyRow key = ChildKey(f);
         const absl::Time end = FromProtoTime(f.window_end());
         if (end >= model_cutoff) {
-          for (const v1::ModelSample& m : f.models()) model_rows.push_back(ModelLine(key, m));
+          for (const v1::ModelSample& m : f.models()) model_rows.AddModel(f, m);
         }
         if (end >= device_cutoff) {
-          for (const v1::Device& d : f.devices()) device_rows.push_back(DeviceLine(key, d));
+          for (const v1::Device& d : f.devices()) device_rows.AddDevice(f, d);
         }
       }
-      CopyLines(tx, "model_samples", ModelColumns(), model_rows);
-      CopyLines(tx, "device_samples", DeviceColumns(), device_rows);
+      if (absl::Status s = model_rows.status(); !s.ok()) return s;
+      if (absl::Status s = device_rows.status(); !s.ok()) return s;
+      model_rows.Copy(tx, *conn_, "model_samples", ModelColumns());
+      device_rows.Copy(tx, *conn_, "device_samples", DeviceColumns());
 
       // nodes.last_seen moves in steps of kLastSeenStep: updating the row of every node on every
       // frame cost about a quarter of the database's time per frame.
@@ -424,6 +631,17 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
     for (const auto& [node_id, t] : touched) {
       absl::Time& written = last_seen_written_[node_id];
       written = std::max(written, t);
+    }
+    // Every frame of the batch is stored now (inserted or found).
+    for (const FrameRecord* r : frames) {
+      const v1::Frame& f = *r->frame;
+      StoredSeq& stored = stored_seq_[f.node_id()];
+      if (stored.boot_id != f.boot_id()) {
+        stored.boot_id = f.boot_id();
+        stored.seq = static_cast<int64_t>(f.seq());
+      } else {
+        stored.seq = std::max(stored.seq, static_cast<int64_t>(f.seq()));
+      }
     }
   } catch (const std::exception& e) {
     absl::Status s = PgExceptionToStatus("write batch", e);

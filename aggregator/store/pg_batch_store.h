@@ -1,12 +1,12 @@
 // BatchStore on PostgreSQL with libpqxx, one transaction per batch: the frames not stored yet are
 // COPYed into `frames` (Mode), then the model and device rows of the new frames only are COPYed
-// straight into their tables; node upserts are multi-row INSERTs; nodes.last_seen advances in
-// steps of kLastSeenStep.
-// The sample tables are partitioned by day (store/partitions.h): before a batch, the partitions of
-// the days it touches are created when this store has not seen them yet; model and device rows
-// older than their table's retention are not written (frames that old are refused at ingest).
-// Owns one connection, opened lazily and reopened after a connection error.
-// Thread-compatible: one caller at a time (the writer thread).
+// straight into their tables (binary COPY through libpq by default, CopyFormat); node upserts are
+// multi-row INSERTs; nodes.last_seen advances in steps of kLastSeenStep. The sample tables are
+// partitioned by day (store/partitions.h): before a batch, the partitions of the days it touches
+// are created when this store has not seen them yet; model and device rows older than their table's
+// retention are not written (frames that old are refused at ingest). Owns one connection, opened
+// lazily and reopened after a connection error. Thread-compatible: one caller at a time (the writer
+// thread).
 #ifndef FLEETWES_AGGREGATOR_STORE_PG_BATCH_STORE_H_
 #define FLEETWES_AGGREGATOR_STORE_PG_BATCH_STORE_H_
 
@@ -32,16 +32,24 @@ class PgBatchStore : public BatchStore {
 
   // How frame rows reach `frames`.
   enum class Mode {
-    // SELECT the batch's keys already stored, then COPY the others straight into `frames`; a
-    // unique violation (another writer raced) retries the batch kStaged.
+    // COPY the frames straight into `frames`. Only the frames that may be stored already are
+    // looked up first (SELECT of their keys): those of a node whose boot this store has not
+    // written yet, or with a seq not above the highest this store committed or found for that
+    // boot (replays). The others, a node's next frames in order, are not looked up: the primary
+    // key refuses any that another writer stored after all, and a unique violation retries the
+    // batch kStaged.
     kDirect,
     // COPY into a temporary staging table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
     kStaged,
   };
 
+  // How rows travel in COPY. Binary needs no number formatting here and no parsing (nor bytea
+  // hex decoding) in the server: docs/benchmarks.md measures both.
+  enum class CopyFormat { kBinary, kText };
+
   // `clock` (may be null: no retention cut-off) must outlive the store.
   explicit PgBatchStore(std::string url, RetentionConfig retention = {}, Clock* clock = nullptr,
-                        Mode mode = Mode::kDirect);
+                        Mode mode = Mode::kDirect, CopyFormat format = CopyFormat::kBinary);
   ~PgBatchStore() override;
 
   absl::StatusOr<std::vector<bool>> WriteBatch(
@@ -59,11 +67,19 @@ class PgBatchStore : public BatchStore {
   const RetentionConfig retention_;
   Clock* const clock_;
   const Mode mode_;
+  const CopyFormat format_;
   // (table, day) partitions known to exist; cleared after a failed batch.
   std::set<std::pair<std::string, absl::CivilDay>> known_partitions_;
   // nodes.last_seen as this store last committed it, per node: it is written again only once a
   // frame was received kLastSeenStep later.
   absl::flat_hash_map<std::string, absl::Time> last_seen_written_;
+  // Per node: the boot and the highest seq of it this store committed or found stored (kDirect
+  // looks up only frames not above it). One entry per node: a new boot replaces it.
+  struct StoredSeq {
+    std::string boot_id;
+    int64_t seq = 0;
+  };
+  absl::flat_hash_map<std::string, StoredSeq> stored_seq_;
   std::unique_ptr<pqxx::connection> conn_;
   // The server process (session) in which the staging table was created: it is per session.
   int stage_backend_pid_ = 0;

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "aggregator/metrics.h"
 #include "aggregator/store/pg_status.h"
 #include "common/logging.h"
@@ -11,7 +13,15 @@
 namespace fleetwes::aggregator {
 
 Writer::Writer(BatchStore* store, Clock* clock, AggregatorMetrics* metrics, WriterOptions options)
-    : store_(store), clock_(clock), metrics_(metrics), options_(std::move(options)) {}
+    : Writer(std::vector<BatchStore*>{store}, clock, metrics, std::move(options)) {}
+
+Writer::Writer(std::vector<BatchStore*> stores, Clock* clock, AggregatorMetrics* metrics,
+               WriterOptions options)
+    : stores_(std::move(stores)),
+      clock_(clock),
+      metrics_(metrics),
+      options_(std::move(options)),
+      queues_(stores_.size()) {}
 
 Writer::~Writer() { Stop(); }
 
@@ -19,7 +29,9 @@ void Writer::Start() {
   absl::MutexLock lock(&mu_);
   if (started_ || stopping_) return;
   started_ = true;
-  thread_ = std::thread([this] { Run(); });
+  for (size_t shard = 0; shard < stores_.size(); ++shard) {
+    threads_.emplace_back([this, shard] { Run(shard); });
+  }
 }
 
 void Writer::Stop() {
@@ -30,34 +42,48 @@ void Writer::Stop() {
       stopping_ = true;
       stop_deadline_ = clock_->Now() + options_.flush_timeout;
     }
-    join = thread_.joinable();
+    join = started_;
   }
   if (!stop_.HasBeenNotified()) stop_.Notify();
   if (join) {
-    thread_.join();
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
   } else {
     // Never started: nothing can be written; fail what was queued.
-    std::deque<Item> left;
+    std::vector<std::deque<Item>> left(stores_.size());
     {
       absl::MutexLock lock(&mu_);
-      left.swap(queue_);
+      left.swap(queues_);
+      queues_.resize(stores_.size());
+      queued_ = 0;
     }
-    for (Item& item : left) {
-      Complete(item, Outcome::kFailed, absl::UnavailableError("writer stopped"));
+    for (std::deque<Item>& queue : left) {
+      for (Item& item : queue) {
+        Complete(item, Outcome::kFailed, absl::UnavailableError("writer stopped"));
+      }
     }
   }
   RunReadyCallbacks();
 }
 
+size_t Writer::ShardOf(const Item& item) const {
+  if (stores_.size() == 1) return 0;
+  const std::string& node = item.node ? item.node->node_id : item.frame->frame->node_id();
+  return absl::Hash<absl::string_view>{}(absl::string_view(node)) % stores_.size();
+}
+
 Writer::SubmitResult Writer::Enqueue(Item& item, ReadyCallback& ready) {
+  const size_t shard = ShardOf(item);
   absl::MutexLock lock(&mu_);
   if (stopping_) return SubmitResult::kStopped;
-  if (queue_.size() >= options_.queue_frames) {
+  if (queued_ >= options_.queue_frames) {
     ready_.push_back(std::move(ready));
     return SubmitResult::kQueueFull;
   }
-  queue_.push_back(std::move(item));
-  metrics_->writer_queue().Set(static_cast<double>(queue_.size()));
+  queues_[shard].push_back(std::move(item));
+  ++queued_;
+  metrics_->writer_queue().Set(static_cast<double>(queued_));
   return SubmitResult::kAccepted;
 }
 
@@ -84,49 +110,51 @@ Writer::SubmitResult Writer::TrySubmitNode(NodeRecord& record, ReadyCallback rea
 
 size_t Writer::queued() const {
   absl::MutexLock lock(&mu_);
-  return queue_.size();
+  return queued_;
 }
 
-void Writer::Run() {
+void Writer::Run(size_t shard) {
   while (true) {
-    std::vector<Item> batch = NextBatch();
+    std::vector<Item> batch = NextBatch(shard);
     if (batch.empty()) break;
     RunReadyCallbacks();  // taking the batch made room
-    WriteWithRetry(batch);
+    WriteWithRetry(stores_[shard], batch);
     RunReadyCallbacks();
   }
 }
 
-std::vector<Writer::Item> Writer::NextBatch() {
+std::vector<Writer::Item> Writer::NextBatch(size_t shard) {
   absl::MutexLock lock(&mu_);
-  auto has_work = [this]()
-                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || stopping_; };
+  std::deque<Item>& queue = queues_[shard];
+  auto has_work = [this, &queue]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue.empty() || stopping_; };
   mu_.Await(absl::Condition(&has_work));
-  if (queue_.empty()) return {};
+  if (queue.empty()) return {};
   // Let the batch fill up to max_batch_frames or until max_batch_delay has passed.
-  auto full = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return queue_.size() >= options_.max_batch_frames || stopping_;
+  auto full = [this, &queue]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return queue.size() >= options_.max_batch_frames || stopping_;
   };
   if (options_.max_batch_delay > absl::ZeroDuration()) {
     mu_.AwaitWithTimeout(absl::Condition(&full), options_.max_batch_delay);
   }
-  const size_t n = std::min(queue_.size(), options_.max_batch_frames);
+  const size_t n = std::min(queue.size(), options_.max_batch_frames);
   std::vector<Item> batch;
   batch.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    batch.push_back(std::move(queue_.front()));
-    queue_.pop_front();
+    batch.push_back(std::move(queue.front()));
+    queue.pop_front();
   }
-  metrics_->writer_queue().Set(static_cast<double>(queue_.size()));
+  queued_ -= n;
+  metrics_->writer_queue().Set(static_cast<double>(queued_));
   return batch;
 }
 
-void Writer::WriteWithRetry(std::vector<Item>& batch) {
+void Writer::WriteWithRetry(BatchStore* store, std::vector<Item>& batch) {
   auto log = Logger("store");
   Backoff backoff(options_.backoff);
   std::vector<bool> completed(batch.size(), false);
   while (true) {
-    const absl::Status s = Attempt(batch, &completed);
+    const absl::Status s = Attempt(store, batch, &completed);
     if (s.ok()) {
       if (backoff.attempts() > 0) {
         log->info("database writes resumed after {} failed attempts", backoff.attempts());
@@ -158,16 +186,17 @@ void Writer::WriteWithRetry(std::vector<Item>& batch) {
   }
 }
 
-absl::Status Writer::Attempt(std::vector<Item>& batch, std::vector<bool>* completed) {
+absl::Status Writer::Attempt(BatchStore* store, std::vector<Item>& batch,
+                             std::vector<bool>* completed) {
   std::vector<size_t> pending;
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!(*completed)[i]) pending.push_back(i);
   }
-  return AttemptSome(batch, pending, completed);
+  return AttemptSome(store, batch, pending, completed);
 }
 
-absl::Status Writer::AttemptSome(std::vector<Item>& batch, absl::Span<const size_t> items,
-                                 std::vector<bool>* completed) {
+absl::Status Writer::AttemptSome(BatchStore* store, std::vector<Item>& batch,
+                                 absl::Span<const size_t> items, std::vector<bool>* completed) {
   std::vector<NodeRecord> nodes;
   std::vector<const FrameRecord*> frames;
   std::vector<size_t> frame_index;
@@ -181,7 +210,7 @@ absl::Status Writer::AttemptSome(std::vector<Item>& batch, absl::Span<const size
   if (nodes.empty() && frames.empty()) return absl::OkStatus();
 
   const absl::Time start = absl::Now();
-  absl::StatusOr<std::vector<bool>> inserted = store_->WriteBatch(nodes, frames);
+  absl::StatusOr<std::vector<bool>> inserted = store->WriteBatch(nodes, frames);
   if (inserted.ok()) {
     metrics_->writer_commit_seconds().Observe(absl::ToDoubleSeconds(absl::Now() - start));
     metrics_->writer_batch_frames().Observe(static_cast<double>(frames.size()));
@@ -222,10 +251,10 @@ absl::Status Writer::AttemptSome(std::vector<Item>& batch, absl::Span<const size
               std::string(inserted.status().message()));
   }
   const size_t half = items.size() / 2;
-  if (absl::Status s = AttemptSome(batch, items.subspan(0, half), completed); !s.ok()) {
+  if (absl::Status s = AttemptSome(store, batch, items.subspan(0, half), completed); !s.ok()) {
     return s;  // transient: the caller retries what is not completed
   }
-  return AttemptSome(batch, items.subspan(half), completed);
+  return AttemptSome(store, batch, items.subspan(half), completed);
 }
 
 void Writer::Complete(Item& item, Outcome outcome, const absl::Status& status) {
@@ -247,8 +276,8 @@ void Writer::RunReadyCallbacks() {
       if (ready_.empty()) return;
       size_t n = ready_.size();
       if (!stopping_) {
-        if (queue_.size() >= options_.queue_frames) return;
-        n = std::min(n, options_.queue_frames - queue_.size());
+        if (queued_ >= options_.queue_frames) return;
+        n = std::min(n, options_.queue_frames - queued_);
       }
       ready.reserve(n);
       for (size_t i = 0; i < n; ++i) {

@@ -1,11 +1,15 @@
 // The batched database writer: a bounded queue filled by ingest streams and one background
-// thread that writes batches (bounded by frame count and by delay) through a BatchStore, one
-// transaction per batch, and only then completes each frame's callback. While the database is
-// unreachable the batch is kept and retried with backoff: nothing is acknowledged, the queue
-// fills, and ingest stops reading (gRPC flow control pushes back to the agents).
+// thread per BatchStore (each its own database connection) that writes batches (bounded by frame
+// count and by delay), one transaction per batch, and only then completes each frame's callback.
+// With several stores the queue is split by node: all items of a node go through the same store,
+// in order, so a node's frames commit in the order they were queued and each store sees every
+// frame of its nodes. While the database is unreachable a batch is kept and retried with backoff:
+// nothing is acknowledged, the queue fills, and ingest stops reading (gRPC flow control pushes
+// back to the agents).
 //
-// Thread-safe: TrySubmit* may be called from any thread. Callbacks run on the writer thread
-// (or on the thread calling Stop) without any writer lock held; they must not block for long.
+// Thread-safe: TrySubmit* may be called from any thread. Callbacks run on a writer thread (the
+// one of the node's store, or the thread calling Stop) without any writer lock held; they must
+// not block for long.
 #ifndef FLEETWES_AGGREGATOR_STORE_WRITER_H_
 #define FLEETWES_AGGREGATOR_STORE_WRITER_H_
 
@@ -56,6 +60,9 @@ class Writer {
 
   // `store`, `clock` and `metrics` must outlive the writer.
   Writer(BatchStore* store, Clock* clock, AggregatorMetrics* metrics, WriterOptions options);
+  // One writer thread per store (at least one); each store is called from its thread only.
+  Writer(std::vector<BatchStore*> stores, Clock* clock, AggregatorMetrics* metrics,
+         WriterOptions options);
   ~Writer();  // Stop()s
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
@@ -81,33 +88,36 @@ class Writer {
   };
 
   SubmitResult Enqueue(Item& item, ReadyCallback& ready);
-  void Run();
-  // Waits for the next batch; empty when stopping with nothing queued.
-  std::vector<Item> NextBatch();
-  // Writes `batch` (retrying transient failures) and completes its callbacks.
-  void WriteWithRetry(std::vector<Item>& batch);
+  // The queue (and store) of the item's node.
+  size_t ShardOf(const Item& item) const;
+  void Run(size_t shard);
+  // Waits for the next batch of `shard`; empty when stopping with nothing queued there.
+  std::vector<Item> NextBatch(size_t shard);
+  // Writes `batch` through `store` (retrying transient failures) and completes its callbacks.
+  void WriteWithRetry(BatchStore* store, std::vector<Item>& batch);
   // One attempt at the items not completed yet; on a refusal for good, isolates the refused
   // items by bisection (they fail with the database's status, the others complete).
-  absl::Status Attempt(std::vector<Item>& batch, std::vector<bool>* completed);
+  absl::Status Attempt(BatchStore* store, std::vector<Item>& batch, std::vector<bool>* completed);
   // Writes batch[i] for i in `items` in one transaction (bisecting on a refusal for good).
-  absl::Status AttemptSome(std::vector<Item>& batch, absl::Span<const size_t> items,
-                           std::vector<bool>* completed);
+  absl::Status AttemptSome(BatchStore* store, std::vector<Item>& batch,
+                           absl::Span<const size_t> items, std::vector<bool>* completed);
   void Complete(Item& item, Outcome outcome, const absl::Status& status);
   void RunReadyCallbacks();
 
-  BatchStore* const store_;
+  const std::vector<BatchStore*> stores_;
   Clock* const clock_;
   AggregatorMetrics* const metrics_;
   const WriterOptions options_;
 
   mutable absl::Mutex mu_;
-  std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
-  std::deque<ReadyCallback> ready_ ABSL_GUARDED_BY(mu_);  // oldest first
+  std::vector<std::deque<Item>> queues_ ABSL_GUARDED_BY(mu_);  // one per store
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;                     // across the queues
+  std::deque<ReadyCallback> ready_ ABSL_GUARDED_BY(mu_);       // oldest first
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   absl::Notification stop_;  // wakes backoff waits
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace fleetwes::aggregator

@@ -31,6 +31,7 @@ options:
   --skip-build         use the binaries already in --build
   --frames-copy MODE   the aggregator's writer.frames_copy: direct (default) or staged
   --batch-frames N     the aggregator's writer.max_batch_frames (default: its default)
+  --connections N      the aggregator's writer.connections (default: its default)
   --keep               keep the PostgreSQL cluster and logs (printed at the end)
   -h, --help           this help
 EOF
@@ -48,6 +49,7 @@ skip_build=0
 keep=0
 frames_copy=direct
 batch_frames=""
+connections=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
@@ -61,6 +63,7 @@ while [ $# -gt 0 ]; do
       case "${2:-}" in direct|staged) frames_copy=$2 ;; *) die "--frames-copy needs direct or staged" ;; esac
       shift ;;
     --batch-frames) need_number "$1" "${2:-}" 1; batch_frames=$2; shift ;;
+    --connections) need_number "$1" "${2:-}" 1; connections=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "ingest: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -91,6 +94,8 @@ writer_yaml="writer:
 "
 [ -z "$batch_frames" ] || writer_yaml+="  max_batch_frames: $batch_frames
   queue_frames: $((batch_frames > 20000 ? batch_frames : 20000))
+"
+[ -z "$connections" ] || writer_yaml+="  connections: $connections
 "
 aggregator_config "$work/aggregator.yaml" "log_level: warn
 $writer_yaml"

@@ -1,10 +1,12 @@
-// fleetwes-store-bench: the cost of PgBatchStore's two ways of writing frames (writer.frames_copy:
-// direct and staged), measured side by side on one PostgreSQL. Each mode writes into its own new
-// database; rounds alternate between the modes so that other load on the machine weighs on both
-// alike. Frames come from fleetwes-loadgen's simulated nodes (real sizes, models and devices).
-// Per mode: frames per second of wall time, the client's CPU (row building, libpqxx) and the
-// server backend's CPU (from /proc, so PostgreSQL must run on this machine) per frame, the median
-// batch time; then one JSON line. The databases are dropped at the end.
+// fleetwes-store-bench: the cost of PgBatchStore's ways of writing frames (writer.frames_copy:
+// direct and staged, both with binary COPY; and direct with text COPY), measured side by side on
+// one PostgreSQL. Each mode writes into its own new database; rounds alternate between the modes so
+// that other load on the machine weighs on both alike. Frames come from fleetwes-loadgen's
+// simulated nodes (real sizes, models and devices). Per mode: frames per second of wall time, the
+// client's CPU (row building, libpqxx) and the server backend's CPU (from /proc, so PostgreSQL must
+// run on this machine) per frame, the median batch time; then one JSON line. With
+// --connections N, one more mode writes N batches at a time through N connections (its "batch
+// time" is the time until all N committed). The databases are dropped at the end.
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +18,7 @@
 #include <memory>
 #include <pqxx/pqxx>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -36,6 +39,9 @@ ABSL_FLAG(int32_t, nodes, 2000, "simulated nodes");
 ABSL_FLAG(int32_t, batch_frames, 500, "frames per WriteBatch");
 ABSL_FLAG(int32_t, batches, 10, "batches per mode and round");
 ABSL_FLAG(int32_t, rounds, 4, "rounds; each writes `batches` batches in every mode");
+ABSL_FLAG(int32_t, connections, 1,
+          "when above 1, one more mode: direct binary COPY through this many connections, each "
+          "writing its own batches at the same time (as many writer connections would)");
 
 namespace {
 
@@ -75,11 +81,13 @@ double ProcessCpuSeconds(int pid) {
 struct Mode {
   std::string name;
   PgBatchStore::Mode mode;
+  PgBatchStore::CopyFormat format;
   std::string db;
-  std::unique_ptr<PgBatchStore> store;
+  int connections = 1;
+  std::vector<std::unique_ptr<PgBatchStore>> stores;  // one per connection
   std::vector<std::unique_ptr<lg::SimNode>> sims;
   size_t next_sim = 0;
-  int backend_pid = 0;
+  std::vector<int> backend_pids;
   uint64_t frames = 0;
   double wall_s = 0, client_s = 0, server_s = 0;
   std::vector<double> batch_ms;
@@ -102,7 +110,8 @@ std::vector<FrameRecord> NextBatch(Mode& m, int n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Compares PgBatchStore's direct and staged frame writes.");
+  absl::SetProgramUsageMessage(
+      "Compares PgBatchStore's frame writes: direct and staged, binary and text COPY.");
   absl::ParseCommandLine(argc, argv);
   const std::string cluster = absl::GetFlag(FLAGS_database_url);
   if (cluster.empty()) {
@@ -118,8 +127,21 @@ int main(int argc, char** argv) {
   try {
     pqxx::connection admin(cluster);
     std::vector<Mode> modes;
-    modes.push_back(Mode{"direct", PgBatchStore::Mode::kDirect});
-    modes.push_back(Mode{"staged", PgBatchStore::Mode::kStaged});
+    modes.push_back(Mode{"direct", PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kBinary});
+    modes.push_back(Mode{"staged", PgBatchStore::Mode::kStaged, PgBatchStore::CopyFormat::kBinary});
+    modes.push_back(
+        Mode{"direct_text", PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kText});
+    const int connections = absl::GetFlag(FLAGS_connections);
+    if (connections > 1) {
+      if (static_cast<int64_t>(connections) * batch > nodes) {
+        std::cerr << "fleetwes-store-bench: --connections x --batch_frames exceeds --nodes (the "
+                     "connections' batches would share nodes)\n";
+        return 2;
+      }
+      modes.push_back(Mode{absl::StrCat("direct_", connections, "conn"),
+                           PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kBinary, "",
+                           connections});
+    }
     const auto& profiles = lg::BuiltinProfiles();
     const absl::Time start = absl::Now() - absl::Hours(1);
     for (Mode& m : modes) {
@@ -138,8 +160,10 @@ int main(int argc, char** argv) {
           return 1;
         }
       }
-      m.store = std::make_unique<PgBatchStore>(db_url, fleetwes::aggregator::RetentionConfig{},
-                                               nullptr, m.mode);
+      for (int c = 0; c < m.connections; ++c) {
+        m.stores.push_back(std::make_unique<PgBatchStore>(
+            db_url, fleetwes::aggregator::RetentionConfig{}, nullptr, m.mode, m.format));
+      }
       for (int i = 0; i < nodes; ++i) {
         lg::SimNodeOptions so;
         so.node_id = absl::StrFormat("bench-%05d", i);
@@ -148,40 +172,62 @@ int main(int argc, char** argv) {
         so.start = start;
         m.sims.push_back(std::make_unique<lg::SimNode>(std::move(so)));
       }
-      // Warm-up batch: connection, partitions, staging table.
-      std::vector<FrameRecord> records = NextBatch(m, batch);
-      std::vector<const FrameRecord*> ptrs;
-      for (const FrameRecord& r : records) ptrs.push_back(&r);
-      if (auto r = m.store->WriteBatch({}, ptrs); !r.ok()) {
-        std::cerr << m.name << ": " << r.status() << "\n";
-        return 1;
+      // Warm-up batch per connection: connection, partitions, staging table.
+      for (auto& store : m.stores) {
+        std::vector<FrameRecord> records = NextBatch(m, batch);
+        std::vector<const FrameRecord*> ptrs;
+        for (const FrameRecord& r : records) ptrs.push_back(&r);
+        if (auto r = store->WriteBatch({}, ptrs); !r.ok()) {
+          std::cerr << m.name << ": " << r.status() << "\n";
+          return 1;
+        }
       }
       pqxx::work tx(admin);
-      m.backend_pid = tx.exec1(absl::StrCat(
-          "SELECT pid FROM pg_stat_activity WHERE datname = ", tx.quote(m.db), " LIMIT 1"))[0]
-                          .as<int>();
+      for (const pqxx::row& row : tx.exec(
+               absl::StrCat("SELECT pid FROM pg_stat_activity WHERE datname = ", tx.quote(m.db)))) {
+        m.backend_pids.push_back(row[0].as<int>());
+      }
       tx.commit();
     }
     for (int round = 0; round < absl::GetFlag(FLAGS_rounds); ++round) {
       for (Mode& m : modes) {
         for (int b = 0; b < absl::GetFlag(FLAGS_batches); ++b) {
-          std::vector<FrameRecord> records = NextBatch(m, batch);
-          std::vector<const FrameRecord*> ptrs;
-          for (const FrameRecord& r : records) ptrs.push_back(&r);
-          const double c0 = ThreadCpuSeconds();
-          const double s0 = ProcessCpuSeconds(m.backend_pid);
-          const absl::Time t0 = absl::Now();
-          absl::StatusOr<std::vector<bool>> r = m.store->WriteBatch({}, ptrs);
-          const absl::Time t1 = absl::Now();
-          if (!r.ok()) {
-            std::cerr << m.name << ": " << r.status() << "\n";
-            return 1;
+          // One batch per connection, written at the same time.
+          const size_t n = m.stores.size();
+          std::vector<std::vector<FrameRecord>> records(n);
+          std::vector<std::vector<const FrameRecord*>> ptrs(n);
+          for (size_t c = 0; c < n; ++c) {
+            records[c] = NextBatch(m, batch);
+            for (const FrameRecord& r : records[c]) ptrs[c].push_back(&r);
           }
-          m.client_s += ThreadCpuSeconds() - c0;
-          m.server_s += ProcessCpuSeconds(m.backend_pid) - s0;
+          std::vector<double> client(n, 0);
+          std::vector<absl::Status> status(n);
+          double s0 = 0;
+          for (int pid : m.backend_pids) s0 += ProcessCpuSeconds(pid);
+          const absl::Time t0 = absl::Now();
+          auto write = [&](size_t c) {
+            const double c0 = ThreadCpuSeconds();
+            status[c] = m.stores[c]->WriteBatch({}, ptrs[c]).status();
+            client[c] = ThreadCpuSeconds() - c0;
+          };
+          std::vector<std::thread> threads;
+          for (size_t c = 1; c < n; ++c) threads.emplace_back(write, c);
+          write(0);
+          for (std::thread& t : threads) t.join();
+          const absl::Time t1 = absl::Now();
+          for (size_t c = 0; c < n; ++c) {
+            if (!status[c].ok()) {
+              std::cerr << m.name << ": " << status[c] << "\n";
+              return 1;
+            }
+            m.client_s += client[c];
+            m.frames += records[c].size();
+          }
+          double s1 = 0;
+          for (int pid : m.backend_pids) s1 += ProcessCpuSeconds(pid);
+          m.server_s += s1 - s0;
           m.wall_s += absl::ToDoubleSeconds(t1 - t0);
           m.batch_ms.push_back(absl::ToDoubleMilliseconds(t1 - t0));
-          m.frames += records.size();
         }
       }
     }
@@ -203,7 +249,7 @@ int main(int argc, char** argv) {
       out[m.name + "_median_batch_ms"] = std::round(median * 10) / 10;
       out[m.name + "_client_us_per_frame"] = std::round(client_us * 10) / 10;
       out[m.name + "_server_us_per_frame"] = std::round(server_us * 10) / 10;
-      m.store.reset();
+      m.stores.clear();
       pqxx::nontransaction(admin).exec(absl::StrCat("DROP DATABASE ", m.db, " WITH (FORCE)"));
     }
     std::cout << out.dump() << std::endl;

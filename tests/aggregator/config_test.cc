@@ -21,6 +21,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->writer.max_batch_delay, absl::Milliseconds(50));
   EXPECT_EQ(c->writer.queue_frames, 20000);
   EXPECT_EQ(c->writer.frames_copy, "direct");
+  EXPECT_EQ(c->writer.connections, 1);
   EXPECT_DOUBLE_EQ(c->stale_after, 3.0);
   EXPECT_EQ(c->stale_after_min, absl::Seconds(10));
   EXPECT_DOUBLE_EQ(c->thermal_penalties.fair, 1.25);
@@ -47,6 +48,7 @@ writer:
   max_batch_delay: 20ms
   queue_frames: 1000
   frames_copy: staged
+  connections: 3
 retention:
   frames_days: 90
   model_samples_days: 60
@@ -81,6 +83,7 @@ log_level: debug
   EXPECT_EQ(c->writer.max_batch_delay, absl::Milliseconds(20));
   EXPECT_EQ(c->writer.queue_frames, 1000);
   EXPECT_EQ(c->writer.frames_copy, "staged");
+  EXPECT_EQ(c->writer.connections, 3);
   EXPECT_DOUBLE_EQ(c->stale_after, 5);
   EXPECT_EQ(c->stale_after_min, absl::Seconds(30));
   EXPECT_DOUBLE_EQ(c->thermal_penalties.serious, 2.5);
@@ -114,6 +117,8 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"writer:\n  max_batch_frames: 600\n  queue_frames: 100\n", "writer.queue_frames"},
       {"writer:\n  max_batch_delay: soon\n", "writer.max_batch_delay"},
       {"writer:\n  frames_copy: binary\n", "writer.frames_copy"},
+      {"writer:\n  connections: 0\n", "writer.connections"},
+      {"writer:\n  connections: 17\n", "writer.connections"},
       {"retention:\n  frames_days: 0\n", "retention.frames_days"},
       {"retention:\n  device_samples_days: 4000\n", "retention.device_samples_days"},
       {"retention:\n  events_days: 0\n", "retention.events_days"},

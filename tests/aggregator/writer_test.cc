@@ -7,6 +7,7 @@
 #include <memory>
 #include <numeric>
 
+#include "absl/strings/str_cat.h"
 #include "aggregator/metrics.h"
 #include "tests/aggregator/fake_batch_store.h"
 #include "tests/aggregator/test_frames.h"
@@ -95,6 +96,39 @@ TEST_F(WriterTest, CommitsInBoundedBatchesThenCompletes) {
   for (size_t s : sizes) EXPECT_LE(s, 10u);
   EXPECT_GE(sizes.size(), 3u);
   EXPECT_EQ(store_.committed().size(), 25u);
+  EXPECT_EQ(metrics_.writer_queue().Value(), 0);
+}
+
+TEST_F(WriterTest, SeveralStoresSplitTheQueueByNodeAndWriteAtTheSameTime) {
+  FakeBatchStore other;
+  WriterOptions o = Options();
+  o.queue_frames = 200;  // room for every frame while `other` is held
+  Writer w(std::vector<BatchStore*>{&store_, &other}, RealClock(), &metrics_, o);
+  // 40 nodes of 3 frames each: every node's frames go through one store.
+  auto node = [](uint64_t seq) { return absl::StrCat("n", seq / 10); };
+  std::vector<uint64_t> seqs;
+  for (uint64_t n = 0; n < 40; ++n) {
+    for (uint64_t k = 1; k <= 3; ++k) seqs.push_back(10 * n + k);
+  }
+  other.Hold();
+  w.Start();
+  for (uint64_t seq : seqs) EXPECT_EQ(Submit(w, node(seq), seq), Writer::SubmitResult::kAccepted);
+  // The first store's nodes commit while the second store is held (40 nodes: that none of
+  // them hashes to the first store has a chance of 2^-40).
+  other.AwaitAttempts(1);
+  outcomes_.Await(1);
+  EXPECT_LT(outcomes_.size(), seqs.size());
+  auto in = [](const FakeBatchStore& s, const std::string& n, uint64_t seq) {
+    return s.committed().count({n, "boot", seq}) == 1;
+  };
+  other.Release();
+  outcomes_.Await(seqs.size());
+  for (uint64_t seq : seqs) {
+    EXPECT_EQ(outcomes_.Get(seq).first, Writer::Outcome::kCommitted) << seq;
+    EXPECT_NE(in(store_, node(seq), seq), in(other, node(seq), seq)) << seq;
+    // A node's frames all went through the same store.
+    EXPECT_EQ(in(store_, node(seq), seq), in(store_, node(seq), 10 * (seq / 10) + 1)) << seq;
+  }
   EXPECT_EQ(metrics_.writer_queue().Value(), 0);
 }
 
