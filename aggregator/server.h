@@ -9,9 +9,9 @@
 #include <grpcpp/server.h>
 
 #include <memory>
-#include <vector>
 #include <pqxx/connection>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
