@@ -1,5 +1,4 @@
 // fleetwes-aggregator: flags and config, logging, then an AggregatorServer until SIGTERM/SIGINT.
-#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -25,6 +24,7 @@
 #include "aggregator/server.h"
 #include "common/clock.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/version.h"
 
 ABSL_FLAG(std::string, config, "", "Path of the YAML config file (optional: defaults + env)");
@@ -63,23 +63,10 @@ std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::st
   return out;
 }
 
-// glibc's malloc by default hands blocks above a moving threshold to mmap and gives the top of
-// each heap back to the kernel as soon as it is free, so the ingest path kept mapping, faulting in
-// and unmapping the same memory (about a tenth of the aggregator's CPU under load, by perf). Keep
-// up to 64 MiB of free heap per arena, grow heaps 16 MiB at a time, and mmap only blocks of 4 MiB
-// or more.
-void TuneMalloc() {
-#ifdef __GLIBC__
-  mallopt(M_MMAP_THRESHOLD, 4 << 20);
-  mallopt(M_TRIM_THRESHOLD, 64 << 20);
-  mallopt(M_TOP_PAD, 16 << 20);
-#endif
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  TuneMalloc();
+  fleetwes::TuneMallocForThroughput();
   // absl::Mutex's lock-order graph (deadlock detection) costs every lock a stack walk and a graph
   // update; tests run with it, the service does not.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

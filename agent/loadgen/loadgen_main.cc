@@ -1,6 +1,5 @@
 // fleetwes-loadgen: simulates a fleet of nodes publishing to a fleetwes-aggregator and reports
 // throughput and ack latency (agent/loadgen/load_generator.h).
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -19,6 +18,7 @@
 #include "agent/loadgen/load_generator.h"
 #include "common/clock.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/version.h"
 
 ABSL_FLAG(std::string, target, "localhost:7470", "fleetwes-aggregator gRPC address (host:port)");
@@ -36,24 +36,9 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(5),
           "at the end, how long to wait for outstanding acks");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 
-namespace {
-
-// The same malloc settings as the aggregator (aggregator_main.cc): frames are allocated and freed
-// by the thousand every second, and glibc by default gives the top of the heap back to the kernel
-// as soon as it is free, so the load generator kept faulting the same memory in again.
-void TuneMalloc() {
-#ifdef __GLIBC__
-  mallopt(M_MMAP_THRESHOLD, 4 << 20);
-  mallopt(M_TRIM_THRESHOLD, 64 << 20);
-  mallopt(M_TOP_PAD, 16 << 20);
-#endif
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   namespace lg = fleetwes::agent::loadgen;
-  TuneMalloc();
+  fleetwes::TuneMallocForThroughput();
   // absl::Mutex's deadlock detection walks a lock graph on every lock: a tenth of the load
   // generator's CPU under load, by perf. Tests keep it on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
