@@ -6,7 +6,6 @@
 #include <exception>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
-#include <pqxx/tablewriter>
 #include <string_view>
 #include <tuple>
 #include <utility>
@@ -30,12 +29,6 @@ namespace {
 constexpr size_t kChildRowsPerStatement = 1000;
 
 using FrameKey = std::tuple<std::string, std::string, int64_t>;
-
-sql::CopyRow& NullReason(sql::CopyRow& row, const v1::Wes& w) {
-  if (w.has_raw()) return row.Null();
-  const std::string_view reason = WesNullReasonName(w.null_reason());
-  return row.Text(absl::string_view(reason.data(), reason.size()));
-}
 
 // Executes "<head> VALUES <rows...> <tail>" in chunks of `per_statement` rows; returns the
 // concatenated results.
@@ -66,88 +59,6 @@ std::string NodeRow(pqxx::work& tx, const NodeRecord& n) {
       tx.quote_raw(reinterpret_cast<const unsigned char*>(n.hello.data()), n.hello.size()), ")");
 }
 
-std::string FrameLine(const FrameRecord& r) {
-  const v1::Frame& f = *r.frame;
-  const v1::Wes& w = f.node_wes();
-  const v1::SystemSample& s = f.system();
-  sql::CopyRow row;
-  row.Text(f.node_id())
-      .Text(f.boot_id())
-      .Int(static_cast<int64_t>(f.seq()))
-      .Timestamp(f.window_start())
-      .Timestamp(f.window_end())
-      .Time(r.received_at)
-      .Double(f.interval_s())
-      .Double(w.tokens_per_s())
-      .OptionalDouble(w.has_watts(), w.watts())
-      .Double(w.pue())
-      .OptionalDouble(w.has_raw(), w.raw())
-      .OptionalDouble(w.has_penalized(), w.penalized())
-      .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
-  NullReason(row, w)
-      .Int(f.thermal_state())
-      .Bool(s.memory_pressure())
-      .OptionalDouble(s.has_swap_in_pages_per_s(), s.swap_in_pages_per_s())
-      .OptionalDouble(s.has_swap_out_pages_per_s(), s.swap_out_pages_per_s())
-      .Bytes(r.serialized);
-  return row.line();
-}
-
-sql::CopyRow& Latency(sql::CopyRow& row, const v1::LatencySummary& l) {
-  return row.OptionalDouble(l.has_mean_s(), l.mean_s())
-      .OptionalDouble(l.has_p50_s(), l.p50_s())
-      .OptionalDouble(l.has_p95_s(), l.p95_s())
-      .Int(static_cast<int64_t>(l.count()))
-      .Bool(l.estimate());
-}
-
-// The frame key and window end that start every child row.
-sql::CopyRow ChildKey(const v1::Frame& f) {
-  sql::CopyRow row;
-  row.Text(f.node_id())
-      .Text(f.boot_id())
-      .Int(static_cast<int64_t>(f.seq()))
-      .Timestamp(f.window_end());
-  return row;
-}
-
-std::string ModelLine(sql::CopyRow row, const v1::ModelSample& m) {
-  const v1::Wes& w = m.wes();
-  row.Text(m.engine_id())
-      .Int(m.engine())
-      .Text(m.model())
-      .OptionalDouble(m.has_decode_tokens_per_s(), m.decode_tokens_per_s())
-      .OptionalDouble(m.has_prefill_tokens_per_s(), m.prefill_tokens_per_s());
-  Latency(row, m.ttft());
-  Latency(row, m.tpot())
-      .OptionalInt(m.has_requests_running(), m.requests_running())
-      .OptionalInt(m.has_requests_waiting(), m.requests_waiting())
-      .OptionalDouble(m.has_kv_cache_usage(), m.kv_cache_usage())
-      .OptionalDouble(m.has_watts_attributed(), m.watts_attributed())
-      .Double(w.tokens_per_s())
-      .OptionalDouble(w.has_watts(), w.watts())
-      .OptionalDouble(w.has_raw(), w.raw())
-      .OptionalDouble(w.has_penalized(), w.penalized())
-      .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
-  NullReason(row, w).Int(w.thermal_state());
-  return row.line();
-}
-
-std::string DeviceLine(sql::CopyRow row, const v1::Device& d) {
-  row.Text(d.id())
-      .Int(d.kind())
-      .Int(d.power_scope())
-      .OptionalDouble(d.has_power_w(), d.power_w())
-      .OptionalDouble(d.has_energy_j(), d.energy_j())
-      .OptionalDouble(d.has_temperature_c(), d.temperature_c())
-      .OptionalDouble(d.has_clock_mhz(), d.clock_mhz())
-      .OptionalDouble(d.has_clock_max_mhz(), d.clock_max_mhz())
-      .Int(static_cast<int64_t>(d.throttle_mask()))
-      .Int(d.thermal_state())
-      .Bool(d.power_capped());
-  return row.line();
-}
-
 constexpr absl::string_view kInsertNodes =
     "INSERT INTO nodes (node_id, labels, agent_version, boot_id, first_seen, last_seen, "
     "interval_s, hello)";
@@ -160,7 +71,7 @@ constexpr absl::string_view kTouchNodes = "INSERT INTO nodes (node_id, first_see
 constexpr absl::string_view kTouchNodesTail =
     "ON CONFLICT (node_id) DO UPDATE SET last_seen = GREATEST(nodes.last_seen, "
     "EXCLUDED.last_seen)";
-// Column lists in the order the *Line builders write them.
+// Column lists in the order the *Binary builders write them.
 const std::vector<std::string>& FrameColumns() {
   static const auto* const columns = new std::vector<std::string>{"node_id",
                                                                   "boot_id",
@@ -253,19 +164,6 @@ std::string StoredKeysQuery(pqxx::work& tx, absl::Span<const FrameRecord* const>
                   "USING (node_id, boot_id, seq, window_end) WHERE f.window_end BETWEEN ",
                   sql::Time(lo), " AND ", sql::Time(hi));
   return q;
-}
-
-// COPY `lines` into `table` (`columns`) within `tx`.
-void CopyLines(pqxx::work& tx, const std::string& table, const std::vector<std::string>& columns,
-               const std::vector<std::string>& lines) {
-  if (lines.empty()) return;
-    // tablewriter is the libpqxx 6 API that takes preformatted COPY text lines.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-  pqxx::tablewriter writer(tx, table, columns.begin(), columns.end());
-#pragma GCC diagnostic pop
-  for (const std::string& line : lines) writer.write_raw_line(line);
-  writer.complete();
 }
 
 // libpqxx 6 writes COPY data as text only and keeps the connection's PGconn private. An explicit
@@ -414,56 +312,29 @@ void DeviceBinary(sql::BinaryCopy& out, const v1::Frame& f, const v1::Device& d)
       .Bool(d.power_capped());
 }
 
-// The rows of one COPY in the store's format: text lines (tablewriter) or binary COPY data.
+// The rows of one COPY in binary format.
 class CopyRows {
  public:
-  explicit CopyRows(PgBatchStore::CopyFormat format) : format_(format) {}
-
-  void AddFrame(const FrameRecord& r) {
-    if (format_ == PgBatchStore::CopyFormat::kBinary) {
-      FrameBinary(binary_, r);
-    } else {
-      lines_.push_back(FrameLine(r));
-    }
-  }
-  void AddModel(const v1::Frame& f, const v1::ModelSample& m) {
-    if (format_ == PgBatchStore::CopyFormat::kBinary) {
-      ModelBinary(binary_, f, m);
-    } else {
-      lines_.push_back(ModelLine(ChildKey(f), m));
-    }
-  }
-  void AddDevice(const v1::Frame& f, const v1::Device& d) {
-    if (format_ == PgBatchStore::CopyFormat::kBinary) {
-      DeviceBinary(binary_, f, d);
-    } else {
-      lines_.push_back(DeviceLine(ChildKey(f), d));
-    }
-  }
-  // OK, or why a value cannot be written (binary: a value out of its column's range).
+  void AddFrame(const FrameRecord& r) { FrameBinary(binary_, r); }
+  void AddModel(const v1::Frame& f, const v1::ModelSample& m) { ModelBinary(binary_, f, m); }
+  void AddDevice(const v1::Frame& f, const v1::Device& d) { DeviceBinary(binary_, f, d); }
+  // OK, or why a value cannot be written (a value out of its column's range).
   absl::Status status() const { return binary_.status(); }
 
   // COPYs the rows into `table` within `tx` (nothing when there are none).
   void Copy(pqxx::work& tx, pqxx::connection& conn, const std::string& table,
             const std::vector<std::string>& columns) {
-    if (format_ == PgBatchStore::CopyFormat::kBinary) {
-      if (binary_.rows() > 0) CopyBinary(tx, conn, table, columns, binary_.Finish());
-    } else {
-      CopyLines(tx, table, columns, lines_);
-    }
+    if (binary_.rows() > 0) CopyBinary(tx, conn, table, columns, binary_.Finish());
   }
 
  private:
-  const PgBatchStore::CopyFormat format_;
-  std::vector<std::string> lines_;
   sql::BinaryCopy binary_;
 };
 
 }  // namespace
 
-PgBatchStore::PgBatchStore(std::string url, RetentionConfig retention, Clock* clock, Mode mode,
-                           CopyFormat format)
-    : url_(std::move(url)), retention_(retention), clock_(clock), mode_(mode), format_(format) {}
+PgBatchStore::PgBatchStore(std::string url, RetentionConfig retention, Clock* clock, Mode mode)
+    : url_(std::move(url)), retention_(retention), clock_(clock), mode_(mode) {}
 
 PgBatchStore::~PgBatchStore() = default;
 
@@ -555,7 +426,7 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
         absl::Time& t = seen[f.node_id()];
         t = std::max(t, frames[i]->received_at);
       }
-      CopyRows frame_rows(format_);
+      CopyRows frame_rows;
       if (mode == Mode::kStaged) {
         for (size_t i : offered) frame_rows.AddFrame(*frames[i]);
         if (absl::Status s = frame_rows.status(); !s.ok()) return s;
@@ -597,8 +468,8 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
       }
 
       // Model and device rows of the frames inserted now (never for duplicates).
-      CopyRows model_rows(format_);
-      CopyRows device_rows(format_);
+      CopyRows model_rows;
+      CopyRows device_rows;
       for (size_t i = 0; i < frames.size(); ++i) {
         if (!inserted[i]) continue;
         const v1::Frame& f = *frames[i]->frame;

@@ -1,12 +1,12 @@
 // BatchStore on PostgreSQL with libpqxx, one transaction per batch: the frames not stored yet are
 // COPYed into `frames` (Mode), then the model and device rows of the new frames only are COPYed
-// straight into their tables (binary COPY through libpq by default, CopyFormat); node upserts are
-// multi-row INSERTs; nodes.last_seen advances in steps of kLastSeenStep. The sample tables are
-// partitioned by day (store/partitions.h): before a batch, the partitions of the days it touches
-// are created when this store has not seen them yet; model and device rows older than their table's
-// retention are not written (frames that old are refused at ingest). Owns one connection, opened
-// lazily and reopened after a connection error. Thread-compatible: one caller at a time (the writer
-// thread).
+// straight into their tables (binary COPY through libpq; docs/benchmarks.md compares it with text
+// COPY through libpqxx); node upserts are multi-row INSERTs; nodes.last_seen advances in steps of
+// kLastSeenStep. The sample tables are partitioned by day (store/partitions.h): before a batch, the
+// partitions of the days it touches are created when this store has not seen them yet; model and
+// device rows older than their table's retention are not written (frames that old are refused at
+// ingest). Owns one connection, opened lazily and reopened after a connection error.
+// Thread-compatible: one caller at a time (the writer thread).
 #ifndef FLEETWES_AGGREGATOR_STORE_PG_BATCH_STORE_H_
 #define FLEETWES_AGGREGATOR_STORE_PG_BATCH_STORE_H_
 
@@ -43,13 +43,9 @@ class PgBatchStore : public BatchStore {
     kStaged,
   };
 
-  // How rows travel in COPY. Binary needs no number formatting here and no parsing (nor bytea
-  // hex decoding) in the server: docs/benchmarks.md measures both.
-  enum class CopyFormat { kBinary, kText };
-
   // `clock` (may be null: no retention cut-off) must outlive the store.
   explicit PgBatchStore(std::string url, RetentionConfig retention = {}, Clock* clock = nullptr,
-                        Mode mode = Mode::kDirect, CopyFormat format = CopyFormat::kBinary);
+                        Mode mode = Mode::kDirect);
   ~PgBatchStore() override;
 
   absl::StatusOr<std::vector<bool>> WriteBatch(
@@ -67,7 +63,6 @@ class PgBatchStore : public BatchStore {
   const RetentionConfig retention_;
   Clock* const clock_;
   const Mode mode_;
-  const CopyFormat format_;
   // (table, day) partitions known to exist; cleared after a failed batch.
   std::set<std::pair<std::string, absl::CivilDay>> known_partitions_;
   // nodes.last_seen as this store last committed it, per node: it is written again only once a

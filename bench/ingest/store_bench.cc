@@ -1,10 +1,10 @@
 // fleetwes-store-bench: the cost of PgBatchStore's ways of writing frames (writer.frames_copy:
-// direct and staged, both with binary COPY; and direct with text COPY), measured side by side on
-// one PostgreSQL. Each mode writes into its own new database; rounds alternate between the modes so
-// that other load on the machine weighs on both alike. Frames come from fleetwes-loadgen's
-// simulated nodes (real sizes, models and devices). Per mode: frames per second of wall time, the
-// client's CPU (row building, libpqxx) and the server backend's CPU (from /proc, so PostgreSQL must
-// run on this machine) per frame, the median batch time; then one JSON line. With
+// direct and staged, both with binary COPY), measured side by side on one PostgreSQL. Each mode
+// writes into its own new database; rounds alternate between the modes so that other load on the
+// machine weighs on both alike. Frames come from fleetwes-loadgen's simulated nodes (real sizes,
+// models and devices). Per mode: frames per second of wall time, the client's CPU (row building,
+// libpqxx) and the server backend's CPU (from /proc, so PostgreSQL must run on this machine) per
+// frame, the median batch time; then one JSON line. With
 // --connections N, one more mode writes N batches at a time through N connections (its "batch
 // time" is the time until all N committed). The databases are dropped at the end.
 #include <time.h>
@@ -81,7 +81,6 @@ double ProcessCpuSeconds(int pid) {
 struct Mode {
   std::string name;
   PgBatchStore::Mode mode;
-  PgBatchStore::CopyFormat format;
   std::string db;
   int connections = 1;
   std::vector<std::unique_ptr<PgBatchStore>> stores;  // one per connection
@@ -111,7 +110,7 @@ std::vector<FrameRecord> NextBatch(Mode& m, int n) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Compares PgBatchStore's frame writes: direct and staged, binary and text COPY.");
+      "Compares PgBatchStore's frame writes: direct and staged, one or several connections.");
   absl::ParseCommandLine(argc, argv);
   const std::string cluster = absl::GetFlag(FLAGS_database_url);
   if (cluster.empty()) {
@@ -127,10 +126,8 @@ int main(int argc, char** argv) {
   try {
     pqxx::connection admin(cluster);
     std::vector<Mode> modes;
-    modes.push_back(Mode{"direct", PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kBinary});
-    modes.push_back(Mode{"staged", PgBatchStore::Mode::kStaged, PgBatchStore::CopyFormat::kBinary});
-    modes.push_back(
-        Mode{"direct_text", PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kText});
+    modes.push_back(Mode{"direct", PgBatchStore::Mode::kDirect});
+    modes.push_back(Mode{"staged", PgBatchStore::Mode::kStaged});
     const int connections = absl::GetFlag(FLAGS_connections);
     if (connections > 1) {
       if (static_cast<int64_t>(connections) * batch > nodes) {
@@ -139,8 +136,7 @@ int main(int argc, char** argv) {
         return 2;
       }
       modes.push_back(Mode{absl::StrCat("direct_", connections, "conn"),
-                           PgBatchStore::Mode::kDirect, PgBatchStore::CopyFormat::kBinary, "",
-                           connections});
+                           PgBatchStore::Mode::kDirect, "", connections});
     }
     const auto& profiles = lg::BuiltinProfiles();
     const absl::Time start = absl::Now() - absl::Hours(1);
@@ -162,7 +158,7 @@ int main(int argc, char** argv) {
       }
       for (int c = 0; c < m.connections; ++c) {
         m.stores.push_back(std::make_unique<PgBatchStore>(
-            db_url, fleetwes::aggregator::RetentionConfig{}, nullptr, m.mode, m.format));
+            db_url, fleetwes::aggregator::RetentionConfig{}, nullptr, m.mode));
       }
       for (int i = 0; i < nodes; ++i) {
         lg::SimNodeOptions so;
