@@ -153,6 +153,10 @@ absl::Status ReadLeaderboard(MapReader& root, LeaderboardConfig* out) {
   if (out->checkpoint_interval < absl::Seconds(10) || out->checkpoint_interval > absl::Hours(24)) {
     return r.Error("checkpoint_interval", "must be between 10s and 24h");
   }
+  if (absl::Status s = r.Read("max_watchers", &out->max_watchers); !s.ok()) return s;
+  if (absl::Status s = CheckIntRange(r, "max_watchers", out->max_watchers, 1, 10'000); !s.ok()) {
+    return s;
+  }
   return r.Finish();
 }
 

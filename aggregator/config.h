@@ -70,6 +70,9 @@ struct LeaderboardConfig {
   // Period of the checkpoint of rank histories and baselines to PostgreSQL (also written at a
   // clean stop). A crash loses at most this much of them. Default 5m; 10s..24h.
   absl::Duration checkpoint_interval = absl::Minutes(5);
+  // Most Fleet.WatchLeaderboard streams open at once (each holds a server thread); more are
+  // refused with RESOURCE_EXHAUSTED. Default 64; 1..10000.
+  int64_t max_watchers = 64;
 };
 
 // Router.Pick (docs/api.md, "Router").

@@ -75,7 +75,9 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       batch_stores_(BatchStoresFrom(config_, clock_)),
       reader_(config_.database_url),
       writer_(Pointers(batch_stores_), clock_, &metrics_, WriterOptionsFrom(config_)),
-      events_(config_.database_url, config_.retention, clock_, &metrics_),
+      events_(
+          config_.database_url, config_.retention, clock_, &metrics_,
+          EventHubOptions{.max_watchers = static_cast<size_t>(config_.leaderboard.max_watchers)}),
       queries_(&state_, &reader_, clock_, policy_),
       ingest_service_(&writer_, &state_, clock_, &metrics_,
                       IngestOptions{config_.max_frame_bytes, config_.thermal_penalties,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "aggregator/proto_time.h"
 #include "aggregator/store/event_store.h"
 #include "aggregator/store/partitions.h"
@@ -110,10 +111,16 @@ void EventHub::Publish(std::vector<v1::Event> events) {
   metrics_->events_queue().Set(static_cast<double>(queue_.size()));
 }
 
-std::unique_ptr<EventHub::Watcher> EventHub::Watch(std::string model) {
+absl::StatusOr<std::unique_ptr<EventHub::Watcher>> EventHub::Watch(std::string model) {
   std::unique_ptr<Watcher> w(
       new Watcher(this, std::move(model), std::max<size_t>(1, options_.watcher_buffer_events)));
   absl::MutexLock lock(&mu_);
+  if (watchers_.size() >= options_.max_watchers) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(watchers_.size(),
+                     " leaderboard watches are open, the most this server allows "
+                     "(leaderboard.max_watchers): close one, or poll Leaderboard instead"));
+  }
   if (watchers_closed_) {
     w->Close();
   }

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -35,6 +36,8 @@ struct EventHubOptions {
   size_t max_batch_events = 500;
   // Events buffered per watcher between two reads; when full the oldest are dropped.
   size_t watcher_buffer_events = 1000;
+  // Most live watchers (each holds a server thread); Watch() refuses more.
+  size_t max_watchers = 64;
   // Between attempts after a transient database error.
   BackoffOptions retry;
 };
@@ -97,7 +100,8 @@ class EventHub final : public EventSink {
   void Publish(std::vector<v1::Event> events) override;
 
   // Subscribes to the events whose model is `model` (empty: the fleet leaderboard's).
-  std::unique_ptr<Watcher> Watch(std::string model);
+  // RESOURCE_EXHAUSTED when max_watchers are live already.
+  absl::StatusOr<std::unique_ptr<Watcher>> Watch(std::string model);
 
   // Events waiting for the database, and live watchers (for tests and metrics).
   size_t queued() const;

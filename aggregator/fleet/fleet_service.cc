@@ -309,7 +309,12 @@ grpc::Status FleetService::WatchLeaderboard(grpc::ServerContext* context,
   board_request.set_model(request->model());
   board_request.set_limit(request->limit());
   // Subscribed before the first board is built: no event between the two is lost.
-  std::unique_ptr<EventHub::Watcher> watcher = hub_->Watch(request->model());
+  absl::StatusOr<std::unique_ptr<EventHub::Watcher>> subscribed = hub_->Watch(request->model());
+  if (!subscribed.ok()) {
+    metrics_->CountApiRequest(kMethod, subscribed.status());
+    return ToGrpcStatus(subscribed.status());
+  }
+  std::unique_ptr<EventHub::Watcher> watcher = *std::move(subscribed);
   // Updates are spaced from when a board was built, not from when its write returned.
   absl::Time last_sent = clock_->Now();
   absl::StatusOr<v1::LeaderboardResponse> board = queries_->Leaderboard(board_request);

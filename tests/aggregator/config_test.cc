@@ -35,6 +35,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->retention.check_interval, absl::Hours(1));
   EXPECT_EQ(c->retention.days_ahead, 2);
   EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(100));
+  EXPECT_EQ(c->leaderboard.max_watchers, 64);
 }
 
 TEST(ConfigTest, ReadsEveryOption) {
@@ -70,6 +71,7 @@ leaderboard:
   baseline_window: 12h
   baseline_min_samples: 100
   checkpoint_interval: 1m
+  max_watchers: 8
 router:
   table_refresh: 250ms
 max_frame_bytes: 131072
@@ -102,6 +104,7 @@ log_level: debug
   EXPECT_EQ(c->leaderboard.baseline_window, absl::Hours(12));
   EXPECT_EQ(c->leaderboard.baseline_min_samples, 100);
   EXPECT_EQ(c->leaderboard.checkpoint_interval, absl::Minutes(1));
+  EXPECT_EQ(c->leaderboard.max_watchers, 8);
   EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(250));
 }
 
@@ -131,6 +134,8 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"leaderboard:\n  thermal_event_interval: -1s\n", "leaderboard.thermal_event_interval"},
       {"leaderboard:\n  baseline_min_samples: 0\n", "leaderboard.baseline_min_samples"},
       {"leaderboard:\n  checkpoint_interval: 1s\n", "leaderboard.checkpoint_interval"},
+      {"leaderboard:\n  max_watchers: 0\n", "leaderboard.max_watchers"},
+      {"leaderboard:\n  max_watchers: 10001\n", "leaderboard.max_watchers"},
       {"router:\n  table_refresh: 11s\n", "router.table_refresh"},
       {"router:\n  table_refresh: -1ms\n", "router.table_refresh"},
       {"router:\n  refresh: 1s\n", "refresh'"},

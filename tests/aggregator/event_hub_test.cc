@@ -2,6 +2,7 @@
 // buffer drops the oldest and counts what it missed, closing ends watchers.
 #include "aggregator/fleet/event_hub.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "aggregator/proto_time.h"
@@ -26,8 +27,8 @@ TEST(EventHubTest, WatchersGetTheirBoardsEventsAndASlowOneIsToldWhatItMissed) {
   EventHubOptions options;
   options.watcher_buffer_events = 2;
   EventHub hub("", RetentionConfig{}, &clock, &metrics, options);
-  std::unique_ptr<EventHub::Watcher> fleet = hub.Watch("");
-  std::unique_ptr<EventHub::Watcher> llama = hub.Watch("llama3");
+  std::unique_ptr<EventHub::Watcher> fleet = *hub.Watch("");
+  std::unique_ptr<EventHub::Watcher> llama = *hub.Watch("llama3");
   EXPECT_EQ(hub.watchers(), 2u);
   EXPECT_FALSE(fleet->Wait(absl::ZeroDuration()));
 
@@ -54,9 +55,29 @@ TEST(EventHubTest, WatchersGetTheirBoardsEventsAndASlowOneIsToldWhatItMissed) {
   hub.CloseWatchers();
   EXPECT_TRUE(fleet->Wait(absl::ZeroDuration(), /*for_events=*/false));
   EXPECT_TRUE(fleet->closed());
-  EXPECT_TRUE(hub.Watch("")->closed());  // new watchers are closed at once
+  EXPECT_TRUE((*hub.Watch(""))->closed());  // new watchers are closed at once
   llama.reset();
   EXPECT_EQ(hub.watchers(), 1u);
+}
+
+TEST(EventHubTest, WatchersBeyondTheLimitAreRefusedUntilOneLeaves) {
+  FakeClock clock;
+  AggregatorMetrics metrics;
+  EventHubOptions options;
+  options.max_watchers = 2;
+  EventHub hub("", RetentionConfig{}, &clock, &metrics, options);
+  absl::StatusOr<std::unique_ptr<EventHub::Watcher>> a = hub.Watch("");
+  absl::StatusOr<std::unique_ptr<EventHub::Watcher>> b = hub.Watch("llama3");
+  ASSERT_TRUE(a.ok() && b.ok());
+  absl::StatusOr<std::unique_ptr<EventHub::Watcher>> c = hub.Watch("");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(c.status().message(), ::testing::HasSubstr("leaderboard.max_watchers"));
+  EXPECT_EQ(hub.watchers(), 2u);
+  EXPECT_EQ(metrics.leaderboard_watchers().Value(), 2);
+  a->reset();
+  c = hub.Watch("");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(hub.watchers(), 2u);
 }
 
 TEST(EventHubTest, AFullQueueDropsTheOldestWithoutBlocking) {

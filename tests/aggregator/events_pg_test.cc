@@ -4,6 +4,7 @@
 // History with a step, and the HTTP routes.
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -380,6 +381,7 @@ class WatchPgTest : public fleetwes::testing::PgTest {
     config.grpc_listen = "127.0.0.1:0";
     config.http_listen = "127.0.0.1:0";
     config.database_url = db().url();
+    config.leaderboard.max_watchers = 2;
     server_ = std::make_unique<AggregatorServer>(config, &clock_);
     absl::Notification never;
     ASSERT_TRUE(server_->Start(&never).ok());
@@ -457,6 +459,37 @@ TEST_F(WatchPgTest, ShutdownEndsOpenWatchesPromptly) {
   v1::LeaderboardUpdate more;
   EXPECT_FALSE(stream->Read(&more));
   EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(WatchPgTest, WatchesBeyondTheLimitAreRefused) {
+  grpc::ClientContext ctx[3];
+  std::unique_ptr<grpc::ClientReader<v1::LeaderboardUpdate>> streams[3];
+  v1::LeaderboardUpdate first;
+  for (int i = 0; i < 2; ++i) {
+    streams[i] = fleet_->WatchLeaderboard(&ctx[i], v1::WatchLeaderboardRequest());
+    ASSERT_TRUE(streams[i]->Read(&first)) << i;
+  }
+  // The third is refused at once, naming the limit; the two open ones are unaffected.
+  streams[2] = fleet_->WatchLeaderboard(&ctx[2], v1::WatchLeaderboardRequest());
+  EXPECT_FALSE(streams[2]->Read(&first));
+  const grpc::Status refused = streams[2]->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), ::testing::HasSubstr("leaderboard.max_watchers"));
+  EXPECT_EQ(server_->events().watchers(), 2u);
+  // Once one ends, a new watch is served.
+  ctx[0].TryCancel();
+  while (streams[0]->Read(&first)) {
+  }
+  streams[0]->Finish();
+  EXPECT_TRUE(Eventually([&] { return server_->events().watchers() == 1; }));
+  grpc::ClientContext again;
+  std::unique_ptr<grpc::ClientReader<v1::LeaderboardUpdate>> stream =
+      fleet_->WatchLeaderboard(&again, v1::WatchLeaderboardRequest());
+  EXPECT_TRUE(stream->Read(&first));
+  again.TryCancel();
+  while (stream->Read(&first)) {
+  }
+  stream->Finish();
 }
 
 TEST_F(WatchPgTest, BadRequestsAreRefusedWithTheReason) {
