@@ -63,9 +63,7 @@ TEST(EventHubTest, WatchersGetTheirBoardsEventsAndASlowOneIsToldWhatItMissed) {
 TEST(EventHubTest, WatchersBeyondTheLimitAreRefusedUntilOneLeaves) {
   FakeClock clock;
   AggregatorMetrics metrics;
-  EventHubOptions options;
-  options.max_watchers = 2;
-  EventHub hub("", RetentionConfig{}, &clock, &metrics, options);
+  EventHub hub("", RetentionConfig{}, &clock, &metrics, EventHubOptions{.max_watchers = 2});
   absl::StatusOr<std::unique_ptr<EventHub::Watcher>> a = hub.Watch("");
   absl::StatusOr<std::unique_ptr<EventHub::Watcher>> b = hub.Watch("llama3");
   ASSERT_TRUE(a.ok() && b.ok());
