@@ -103,7 +103,8 @@ class Session;
 // A PublishRequest built on its own arena, whose first block is part of the same allocation:
 // building a frame costs one allocation (plus the few strings too long to be stored inline)
 // instead of one per sub-message and string. Once its frame is acknowledged a block is kept by
-// its node and Reset() for the node's next frame, so in steady state a frame costs none.
+// its node and Reset() for the node's next frame: in steady state a node builds every frame into
+// the same block.
 class FrameBlock {
  public:
   FrameBlock() : arena_(ArenaOptionsFor(initial_)) {
