@@ -31,8 +31,8 @@ struct WriterConfig {
   // ON CONFLICT DO NOTHING). Both skip replayed frames; docs/benchmarks.md compares them.
   std::string frames_copy = "direct";
   // Database connections the writer writes through, each with its own thread; a node's items
-  // always go through the same one (store/writer.h). Default 1; 1..16.
-  int64_t connections = 1;
+  // always go through the same one (store/writer.h). Default 2; 1..16.
+  int64_t connections = 2;
 };
 
 // How long rows are kept. Sample tables are partitioned by UTC day of window_end; a day's partition

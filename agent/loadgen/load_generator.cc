@@ -102,7 +102,9 @@ class Session;
 
 // A PublishRequest built on its own arena, whose first block is part of the same allocation:
 // building a frame costs one allocation (plus the few strings too long to be stored inline)
-// instead of one per sub-message and string.
+// instead of one per sub-message and string. Once its frame is acknowledged a block is kept by
+// its node and Reset() for the node's next frame: in steady state a node builds every frame into
+// the same block.
 class FrameBlock {
  public:
   FrameBlock() : arena_(ArenaOptionsFor(initial_)) {
@@ -112,6 +114,14 @@ class FrameBlock {
   FrameBlock& operator=(const FrameBlock&) = delete;
 
   v1::PublishRequest* request() { return request_; }
+  const v1::PublishRequest& request() const { return *request_; }
+
+  // An empty request again; the first block stays, the blocks the arena added are freed. Only
+  // with no other reference to the block.
+  void Reset() {
+    arena_.Reset();
+    request_ = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena_);
+  }
 
  private:
   // A simulated frame takes about 1.5 KiB of message objects; larger ones spill into blocks the
@@ -129,10 +139,10 @@ class FrameBlock {
   v1::PublishRequest* request_;
 };
 
-// A frame waiting for its ack. The request is shared with a session writing it.
+// A frame waiting for its ack. The block is shared with a session writing it.
 struct PendingFrame {
   uint64_t seq = 0;
-  std::shared_ptr<const v1::PublishRequest> request;
+  std::shared_ptr<FrameBlock> block;
   std::optional<absl::Time> first_sent;
 };
 
@@ -147,6 +157,9 @@ struct Node {
 
   absl::Mutex mu;
   std::deque<PendingFrame> unacked ABSL_GUARDED_BY(mu);
+  // The block of an acknowledged frame, for the next frame (references are copied and dropped
+  // under mu only, so use_count() == 1 there means no one else holds it).
+  std::shared_ptr<FrameBlock> spare ABSL_GUARDED_BY(mu);
   size_t next_write ABSL_GUARDED_BY(mu) = 0;       // index into unacked for the current session
   uint64_t acked_through ABSL_GUARDED_BY(mu) = 0;  // the highest seq an ack covered
   Session* session ABSL_GUARDED_BY(mu) = nullptr;
@@ -261,9 +274,9 @@ class Session {
     const bool first = !pf.first_sent.has_value();
     if (first) pf.first_sent = gen_->clock()->Now();
     gen_->OnFrameWritten(first);
-    in_flight_ = pf.request;
+    in_flight_ = pf.block;
     written_through_ = pf.seq;
-    StartWriteLocked(*in_flight_);
+    StartWriteLocked(std::as_const(*in_flight_).request());
     ReadIfAwaitingLocked();
   }
 
@@ -376,7 +389,7 @@ class Session {
   Tag finish_tag_{this, Op::kFinish};
   v1::PublishRequest hello_;
   v1::PublishResponse response_;
-  std::shared_ptr<const v1::PublishRequest> in_flight_;
+  std::shared_ptr<FrameBlock> in_flight_;
   grpc::Status status_;
   int pending_ = 0;  // operations started and not completed
   bool starting_ = false;
@@ -458,10 +471,11 @@ void internal::LoadGeneratorImpl::OnResponse(Node* node, const v1::PublishRespon
     const absl::Time now = clock_->Now();
     int64_t covered = 0;
     while (!node->unacked.empty() && node->unacked.front().seq <= ack.seq()) {
-      const PendingFrame& pf = node->unacked.front();
+      PendingFrame& pf = node->unacked.front();
       if (pf.first_sent.has_value()) {
         node->ack_ms.push_back(absl::ToDoubleMilliseconds(now - *pf.first_sent));
       }
+      if (node->spare == nullptr && pf.block.use_count() == 1) node->spare = std::move(pf.block);
       node->unacked.pop_front();
       if (node->next_write > 0) --node->next_write;
       ++covered;
@@ -522,12 +536,20 @@ void internal::LoadGeneratorImpl::OnSessionDone(Node* node, const grpc::Status& 
 }
 
 void internal::LoadGeneratorImpl::ProduceFrame(Node* node) {
-  auto block = std::make_shared<FrameBlock>();
+  std::shared_ptr<FrameBlock> block;
+  {
+    absl::MutexLock l(&node->mu);
+    block = std::move(node->spare);
+  }
+  if (block != nullptr) {
+    block->Reset();
+  } else {
+    block = std::make_shared<FrameBlock>();
+  }
   node->sim->NextFrame(block->request()->mutable_frame());
   const uint64_t seq = block->request()->frame().seq();
-  std::shared_ptr<const v1::PublishRequest> request(block, block->request());
   absl::MutexLock l(&node->mu);
-  node->unacked.push_back(PendingFrame{seq, std::move(request), std::nullopt});
+  node->unacked.push_back(PendingFrame{seq, std::move(block), std::nullopt});
   int64_t delta = 1;
   while (node->unacked.size() > options_.max_queued_frames_per_node) {
     node->unacked.pop_front();
@@ -559,7 +581,9 @@ LoadReport internal::LoadGeneratorImpl::Run(absl::Notification* stop) {
     node->node_id = NodeId(options_.node_prefix, i, options_.nodes);
     node->boot_id = MakeBootId(options_.seed, node->node_id, start);
     node->stub = stubs_[i / options_.nodes_per_channel].get();
-    node->cq = queues_[i % kQueues].get();
+    // All streams of a connection on one queue: the acks one read of the connection delivers
+    // wake one queue thread, not both.
+    node->cq = queues_[(i / options_.nodes_per_channel) % kQueues].get();
     SimNodeOptions so;
     so.node_id = node->node_id;
     so.boot_id = node->boot_id;

@@ -2,7 +2,8 @@
 // simulated node, all on gRPC's asynchronous API (a few completion queues with one thread each,
 // no thread per node), one ticker thread that produces each node's frame when its window closes,
 // spread evenly over the interval (frames due within 2 ms of each other on one wake-up). Frames
-// are built on an arena each (one allocation). Each stream sends
+// are built on an arena each (one allocation, reused by the node's next frame once acknowledged);
+// the streams of a connection share a completion queue. Each stream sends
 // Hello, then frames with seq from 1; frames stay queued until a cumulative Ack covers them, and a
 // reconnect (exponential backoff with jitter) resends what is not covered. Measures frames sent and
 // acknowledged and the latency from sending a frame to the first Ack covering it.

@@ -21,7 +21,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->writer.max_batch_delay, absl::Milliseconds(50));
   EXPECT_EQ(c->writer.queue_frames, 20000);
   EXPECT_EQ(c->writer.frames_copy, "direct");
-  EXPECT_EQ(c->writer.connections, 1);
+  EXPECT_EQ(c->writer.connections, 2);
   EXPECT_DOUBLE_EQ(c->stale_after, 3.0);
   EXPECT_EQ(c->stale_after_min, absl::Seconds(10));
   EXPECT_DOUBLE_EQ(c->thermal_penalties.fair, 1.25);

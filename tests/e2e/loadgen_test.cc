@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -69,14 +70,26 @@ TEST(SimNodeTest, AFrameBuiltIntoAReusedArenaMessageIsTheSameOnTheWire) {
     SCOPED_TRACE(p.name);
     SimNodeOptions o = Options(p.name, 3);
     SimNode plain(o), into(o);
+    SimNode into_reset(o);
     google::protobuf::Arena arena;
     auto* request = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena);
+    // As the load generator recycles a block: its arena reset, a new message on it.
+    alignas(std::max_align_t) char first_block[2048];
+    google::protobuf::ArenaOptions block_options;
+    block_options.initial_block = first_block;
+    block_options.initial_block_size = sizeof(first_block);
+    google::protobuf::Arena block(block_options);
     for (int i = 0; i < 40; ++i) {
       const v1::Frame expected = plain.NextFrame();
       into.NextFrame(request->mutable_frame());
       ASSERT_EQ(request->frame().SerializeAsString(), expected.SerializeAsString())
           << "frame " << i + 1;
       ASSERT_EQ(request->frame().seq(), static_cast<uint64_t>(i + 1));
+      block.Reset();
+      auto* recycled = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&block);
+      into_reset.NextFrame(recycled->mutable_frame());
+      ASSERT_EQ(recycled->frame().SerializeAsString(), expected.SerializeAsString())
+          << "frame " << i + 1 << " on a reset arena";
     }
   }
 }
