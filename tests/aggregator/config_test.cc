@@ -35,6 +35,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->retention.check_interval, absl::Hours(1));
   EXPECT_EQ(c->retention.days_ahead, 2);
   EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(100));
+  EXPECT_EQ(c->router.threads, 1);
 }
 
 TEST(ConfigTest, ReadsEveryOption) {
@@ -72,6 +73,7 @@ leaderboard:
   checkpoint_interval: 1m
 router:
   table_refresh: 250ms
+  threads: 4
 max_frame_bytes: 131072
 log_level: debug
 )");
@@ -103,6 +105,7 @@ log_level: debug
   EXPECT_EQ(c->leaderboard.baseline_min_samples, 100);
   EXPECT_EQ(c->leaderboard.checkpoint_interval, absl::Minutes(1));
   EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(250));
+  EXPECT_EQ(c->router.threads, 4);
 }
 
 TEST(ConfigTest, ErrorsNameTheKey) {
@@ -133,6 +136,8 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"leaderboard:\n  checkpoint_interval: 1s\n", "leaderboard.checkpoint_interval"},
       {"router:\n  table_refresh: 11s\n", "router.table_refresh"},
       {"router:\n  table_refresh: -1ms\n", "router.table_refresh"},
+      {"router:\n  threads: -1\n", "router.threads"},
+      {"router:\n  threads: 65\n", "router.threads"},
       {"router:\n  refresh: 1s\n", "refresh'"},
       {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},
       {"thermal_penalties:\n  serious: 1.1\n", "thermal_penalties.serious"},
