@@ -18,7 +18,7 @@
 // With RouterOptions::threads 0 the Pick method is a callback service instead, its handlers run
 // on gRPC's threads. Serving: Register(&builder) before builder.BuildAndStart(), StartServing()
 // once the server is started, StopServing() after the server's Shutdown() (the destructor does it
-// too).
+// too), from one thread; the service must outlive the server.
 #ifndef FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 

@@ -420,15 +420,16 @@ TEST_F(RouterServiceTest, WithoutRefreshTheNextCallSeesAChange) {
   EXPECT_EQ(clock_.waiters(), 0);
 }
 
-// The service on a real server on loopback, as AggregatorServer runs it.
-class RouterServerTest : public RouterTest {
+// The service on a real server on loopback, as AggregatorServer runs it, with GetParam()
+// threads (0: the callback service).
+class RouterServerTest : public RouterTest, public ::testing::WithParamInterface<int> {
  protected:
   void SetUp() override {
     for (int n = 0; n < 30; ++n) {
       Add(absl::StrCat("node-", n), {.tokens_per_s = 10.0 + n, .watts = 100});
     }
     service_ = std::make_unique<RouterService>(&state_, &clock_, StalenessPolicy{}, &metrics_,
-                                               RouterOptions{.threads = 2});
+                                               RouterOptions{.threads = GetParam()});
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -458,7 +459,7 @@ class RouterServerTest : public RouterTest {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-TEST_F(RouterServerTest, ManyConcurrentPicksAreAnsweredAsInProcess) {
+TEST_P(RouterServerTest, ManyConcurrentPicksAreAnsweredAsInProcess) {
   v1::PickRequest req = Request();
   req.set_count(3);
   v1::PickResponse expected;
@@ -495,7 +496,7 @@ TEST_F(RouterServerTest, ManyConcurrentPicksAreAnsweredAsInProcess) {
 }
 
 // Calls in flight at shutdown end (answered or cancelled), and the threads join.
-TEST_F(RouterServerTest, StopsCleanlyWithCallsInFlight) {
+TEST_P(RouterServerTest, StopsCleanlyWithCallsInFlight) {
   v1::PickRequest req = Request();
   grpc::CompletionQueue cq;
   auto stub = v1::Router::NewStub(channel_);
@@ -536,6 +537,8 @@ TEST_F(RouterServerTest, StopsCleanlyWithCallsInFlight) {
   v1::PickResponse resp;
   EXPECT_FALSE(stub->Pick(&ctx, req, &resp).ok());
 }
+
+INSTANTIATE_TEST_SUITE_P(Threads, RouterServerTest, ::testing::Values(0, 1, 2));
 
 // WES 1.00, 0.90, 0.85, 0.50 tok/J: the band is score >= 0.8, so the last one gets no weight.
 TEST_F(RouterTest, WeightsSpreadOverTheBandAndSumToOne) {
