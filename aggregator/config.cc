@@ -169,6 +169,8 @@ absl::Status ReadRouter(MapReader& root, RouterConfig* out) {
   if (out->table_refresh < absl::ZeroDuration() || out->table_refresh > absl::Seconds(10)) {
     return r.Error("table_refresh", "must be between 0s and 10s");
   }
+  if (absl::Status s = r.Read("threads", &out->threads); !s.ok()) return s;
+  if (absl::Status s = CheckIntRange(r, "threads", out->threads, 0, 64); !s.ok()) return s;
   return r.Finish();
 }
 

@@ -81,6 +81,9 @@ struct RouterConfig {
   // the time one refresh takes). Default 100ms; 0..10s (0: a call rebuilds its model's table
   // when the nodes changed).
   absl::Duration table_refresh = absl::Milliseconds(100);
+  // Threads answering Pick, each on its own gRPC completion queue, inline (no hand-off to
+  // another thread). Default 1; 0..64 (0: answered on gRPC's own callback threads instead).
+  int64_t threads = 1;
 };
 
 struct AggregatorConfig {

@@ -82,8 +82,9 @@ AggregatorServer::AggregatorServer(AggregatorConfig config, Clock* clock, Server
       ingest_service_(&writer_, &state_, clock_, &metrics_,
                       IngestOptions{config_.max_frame_bytes, config_.thermal_penalties,
                                     absl::Hours(24 * config_.retention.frames_days)}),
-      router_service_(&state_, clock_, policy_, &metrics_,
-                      RouterOptions{config_.router.table_refresh}),
+      router_service_(
+          &state_, clock_, policy_, &metrics_,
+          RouterOptions{config_.router.table_refresh, static_cast<int>(config_.router.threads)}),
       fleet_service_(&queries_, &metrics_, &events_, clock_) {
   // Rank changes, thermal transitions and nodes going stale reach the events table and watchers.
   state_.SetEventSink(&events_);
@@ -193,7 +194,7 @@ absl::Status AggregatorServer::StartGrpc() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address.ToString(), grpc::InsecureServerCredentials(), &grpc_port_);
   builder.RegisterService(&ingest_service_);
-  builder.RegisterService(&router_service_);
+  router_service_.Register(&builder);
   builder.RegisterService(&fleet_service_);
   // Frames above max_frame_bytes must reach validation (and get a Reject) rather than break
   // the stream in the transport.
@@ -209,6 +210,7 @@ absl::Status AggregatorServer::StartGrpc() {
     grpc_.reset();
     return absl::UnavailableError(absl::StrCat("gRPC: cannot listen on ", address.ToString()));
   }
+  router_service_.StartServing();
   return absl::OkStatus();
 }
 
@@ -289,6 +291,7 @@ void AggregatorServer::Stop() {
   // After the streams are gone: write what is queued, complete every pending callback.
   writer_.Stop();
   if (grpc_ != nullptr) grpc_->Wait();
+  router_service_.StopServing();  // after the server's Shutdown
   // Every committed frame is in the fleet state now: the last checkpoint misses none.
   if (started_) Checkpoint();
   events_.Stop();

@@ -1,7 +1,10 @@
 #include "aggregator/routing/router_service.h"
 
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/async_unary_call.h>
 #include <grpcpp/support/message_allocator.h>
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
@@ -13,30 +16,99 @@
 
 namespace fleetwes::aggregator {
 
-// Request and response of one call on an arena whose first block is part of the holder, so a
-// typical answer (a few candidates and exclusions) allocates once per call.
-class RouterService::Allocator final
-    : public grpc::MessageAllocator<v1::PickRequest, v1::PickResponse> {
+namespace {
+
+// Pick calls each queue keeps requested from the server.
+constexpr int kRequestedCallsPerQueue = 8;
+
+}  // namespace
+
+// One Pick call on one queue: requested from the server, answered, finished. Its request and
+// response live on an arena whose first block is part of the call, so a typical answer (a few
+// candidates and exclusions) allocates nothing more. Used by its queue's thread only.
+class RouterService::Call {
  public:
-  grpc::MessageHolder<v1::PickRequest, v1::PickResponse>* AllocateMessages() override {
-    return new Holder;
+  // Requests the next Pick call on `queue` (whose mu is held, and which is not shut down).
+  static void Request(RouterService* service, Queue* queue) { new Call(service, queue); }
+
+  // The event of the pending operation: the call arrived (answered and finished here), or it
+  // finished (done). `ok` false: the call will not go on (the server is shutting down).
+  void Proceed(bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_->mu) {
+    if (!ok || finished_) {
+      delete this;
+      return;
+    }
+    // The next call can arrive while this one is answered.
+    Request(service_, queue_);
+    finished_ = true;
+    const grpc::Status status = service_->Answer(*request_, response_);
+    responder_.Finish(*response_, status, this);
   }
 
  private:
   static constexpr size_t kInitialBlock = 8 * 1024;
 
-  class Holder final : public grpc::MessageHolder<v1::PickRequest, v1::PickResponse> {
+  Call(RouterService* service, Queue* queue)
+      : service_(service), queue_(queue), arena_(block_, kInitialBlock), responder_(&context_) {
+    request_ = google::protobuf::Arena::CreateMessage<v1::PickRequest>(&arena_);
+    response_ = google::protobuf::Arena::CreateMessage<v1::PickResponse>(&arena_);
+    service_->RequestPick(&context_, request_, &responder_, queue_->cq.get(), queue_->cq.get(),
+                          this);
+  }
+
+  RouterService* const service_;
+  Queue* const queue_;
+  alignas(16) char block_[kInitialBlock];
+  google::protobuf::Arena arena_;
+  grpc::ServerContext context_;
+  grpc::ServerAsyncResponseWriter<v1::PickResponse> responder_;
+  v1::PickRequest* request_ = nullptr;
+  v1::PickResponse* response_ = nullptr;
+  bool finished_ = false;
+};
+
+// Pick as a callback service (RouterOptions::threads 0): each call answered in its handler, its
+// request and response on an arena whose first block is part of the per-call holder.
+class RouterService::Callback final : public v1::Router::CallbackService {
+ public:
+  explicit Callback(RouterService* service) : service_(service) {
+    SetMessageAllocatorFor_Pick(&allocator_);
+  }
+
+  grpc::ServerUnaryReactor* Pick(grpc::CallbackServerContext* context,
+                                 const v1::PickRequest* request,
+                                 v1::PickResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(service_->Answer(*request, response));
+    return reactor;
+  }
+
+ private:
+  class Allocator final : public grpc::MessageAllocator<v1::PickRequest, v1::PickResponse> {
    public:
-    Holder() : arena_(block_, kInitialBlock) {
-      set_request(google::protobuf::Arena::CreateMessage<v1::PickRequest>(&arena_));
-      set_response(google::protobuf::Arena::CreateMessage<v1::PickResponse>(&arena_));
+    grpc::MessageHolder<v1::PickRequest, v1::PickResponse>* AllocateMessages() override {
+      return new Holder;
     }
-    void Release() override { delete this; }
 
    private:
-    alignas(16) char block_[kInitialBlock];
-    google::protobuf::Arena arena_;
+    static constexpr size_t kInitialBlock = 8 * 1024;
+
+    class Holder final : public grpc::MessageHolder<v1::PickRequest, v1::PickResponse> {
+     public:
+      Holder() : arena_(block_, kInitialBlock) {
+        set_request(google::protobuf::Arena::CreateMessage<v1::PickRequest>(&arena_));
+        set_response(google::protobuf::Arena::CreateMessage<v1::PickResponse>(&arena_));
+      }
+      void Release() override { delete this; }
+
+     private:
+      alignas(16) char block_[kInitialBlock];
+      google::protobuf::Arena arena_;
+    };
   };
+
+  RouterService* const service_;
+  Allocator allocator_;
 };
 
 RouterService::RouterService(const FleetState* state, Clock* clock, StalenessPolicy policy,
@@ -48,17 +120,73 @@ RouterService::RouterService(const FleetState* state, Clock* clock, StalenessPol
       metrics_(metrics),
       options_(options),
       candidates_(std::move(candidates)),
-      allocator_(std::make_unique<Allocator>()),
       tables_(std::make_shared<const Tables>()) {
-  SetMessageAllocatorFor_Pick(allocator_.get());
   if (options_.table_refresh > absl::ZeroDuration() && candidates_ == nullptr) {
     refresh_thread_ = std::thread([this] { RunRefresh(); });
   }
 }
 
 RouterService::~RouterService() {
+  StopServing();
   stop_.Notify();
   if (refresh_thread_.joinable()) refresh_thread_.join();
+}
+
+void RouterService::Register(grpc::ServerBuilder* builder) {
+  if (options_.threads <= 0) {
+    callback_ = std::make_unique<Callback>(this);
+    builder->RegisterService(callback_.get());
+    return;
+  }
+  builder->RegisterService(this);
+  for (int i = 0; i < options_.threads; ++i) {
+    auto queue = std::make_unique<Queue>();
+    queue->cq = builder->AddCompletionQueue();
+    queues_.push_back(std::move(queue));
+  }
+}
+
+void RouterService::StartServing() {
+  for (const std::unique_ptr<Queue>& queue : queues_) {
+    {
+      absl::MutexLock lock(&queue->mu);
+      // A few calls requested per queue: calls arriving together are matched at once.
+      for (int i = 0; i < kRequestedCallsPerQueue; ++i) Call::Request(this, queue.get());
+    }
+    queue->thread = std::thread([this, q = queue.get()] { Serve(q); });
+  }
+}
+
+void RouterService::StopServing() {
+  for (const std::unique_ptr<Queue>& queue : queues_) {
+    absl::MutexLock lock(&queue->mu);
+    if (queue->shut_down) continue;
+    queue->shut_down = true;
+    queue->cq->Shutdown();
+  }
+  for (const std::unique_ptr<Queue>& queue : queues_) {
+    if (queue->thread.joinable()) queue->thread.join();
+  }
+  // Without a thread (never started), the queues still need draining before they go.
+  for (const std::unique_ptr<Queue>& queue : queues_) {
+    void* tag;
+    bool ok;
+    while (queue->cq->Next(&tag, &ok)) delete static_cast<Call*>(tag);
+  }
+}
+
+void RouterService::Serve(Queue* queue) {
+  void* tag;
+  bool ok;
+  while (queue->cq->Next(&tag, &ok)) {
+    absl::MutexLock lock(&queue->mu);
+    auto* call = static_cast<Call*>(tag);
+    if (queue->shut_down) {
+      delete call;  // dropped: nothing more may be started on the queue
+    } else {
+      call->Proceed(ok);
+    }
+  }
 }
 
 void RouterService::RunRefresh() {
@@ -143,14 +271,6 @@ grpc::Status RouterService::Answer(const v1::PickRequest& request, v1::PickRespo
     return ToGrpcStatus(status);
   }
   return grpc::Status::OK;
-}
-
-grpc::ServerUnaryReactor* RouterService::Pick(grpc::CallbackServerContext* context,
-                                              const v1::PickRequest* request,
-                                              v1::PickResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(Answer(*request, response));
-  return reactor;
 }
 
 }  // namespace fleetwes::aggregator

@@ -8,11 +8,21 @@
 // therefore answered from within table_refresh (plus the time a refresh takes); staleness and
 // data age are still judged at the call's time. With table_refresh 0 there is no thread and a
 // call whose model's set changed rebuilds the table itself (every call sees the latest state).
-// A callback service: each call is answered on the gRPC thread that received it, its request and
-// response on a per-call arena. Thread-safe; a call that finds its model's table published takes
-// no lock (neither the service's nor the fleet state's).
+// An async service served by RouterOptions::threads completion-queue threads of its own: each
+// call is answered inline on the thread that takes it off its queue, its request and response on
+// a per-call arena, with no hand-off to another thread (a callback service's handlers run on
+// gRPC's executor threads, one more wake-up per call; docs/benchmarks.md). Thread-safe; a call
+// that finds its model's table published takes no lock (neither the service's nor the fleet
+// state's).
+//
+// With RouterOptions::threads 0 the Pick method is a callback service instead, its handlers run
+// on gRPC's threads. Serving: Register(&builder) before builder.BuildAndStart(), StartServing()
+// once the server is started, StopServing() after the server's Shutdown() (the destructor does it
+// too), from one thread; the service must outlive the server.
 #ifndef FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
 #define FLEETWES_AGGREGATOR_ROUTING_ROUTER_SERVICE_H_
+
+#include <grpcpp/server_builder.h>
 
 #include <atomic>
 #include <cstdint>
@@ -39,9 +49,12 @@ struct RouterOptions {
   // Period of the table refresh, and so how long a change to a model's nodes may go unseen by
   // Pick (docs/api.md). Default 100ms; 0: no refresh thread, calls rebuild changed tables.
   absl::Duration table_refresh = absl::Milliseconds(100);
+  // Completion-queue threads answering Pick over gRPC (docs/api.md). Default 1; 0..64 (0: a
+  // callback service instead, answered on gRPC's own threads).
+  int threads = 1;
 };
 
-class RouterService final : public v1::Router::CallbackService {
+class RouterService final : public v1::Router::AsyncService {
  public:
   // The nodes to pick from for a model; must be thread-safe.
   using CandidateSource = std::function<std::vector<NodeStatePtr>(absl::string_view model)>;
@@ -54,9 +67,14 @@ class RouterService final : public v1::Router::CallbackService {
                 CandidateSource candidates = nullptr);
   ~RouterService() override;
 
-  grpc::ServerUnaryReactor* Pick(grpc::CallbackServerContext* context,
-                                 const v1::PickRequest* request,
-                                 v1::PickResponse* response) override;
+  // Registers the service on `builder` with options.threads completion queues. Once, before
+  // builder->BuildAndStart().
+  void Register(grpc::ServerBuilder* builder);
+  // Starts the threads (after BuildAndStart). Once.
+  void StartServing();
+  // Shuts the queues down and joins the threads once the queues are drained; call after the
+  // server's Shutdown() (calls still unanswered then are dropped, and so cancelled). Idempotent.
+  void StopServing();
 
   // What Pick answers, without the transport (counted in the metrics as a call).
   grpc::Status Answer(const v1::PickRequest& request, v1::PickResponse* response);
@@ -71,7 +89,16 @@ class RouterService final : public v1::Router::CallbackService {
   uint64_t refresh_ns() const { return refresh_ns_.load(std::memory_order_acquire); }
 
  private:
-  class Allocator;
+  class Call;
+  class Callback;  // the callback service of threads 0
+  // One completion queue and the thread that drains it. `mu` orders the thread's uses of the
+  // queue before its shutdown.
+  struct Queue {
+    std::unique_ptr<grpc::ServerCompletionQueue> cq;
+    absl::Mutex mu;
+    bool shut_down ABSL_GUARDED_BY(mu) = false;
+    std::thread thread;
+  };
   // Model name -> its published table; copied on write, never changed once published.
   using Tables = absl::flat_hash_map<std::string, std::shared_ptr<const RouteTable>>;
 
@@ -81,6 +108,8 @@ class RouterService final : public v1::Router::CallbackService {
   // Publishes `add` (model -> table) over the current tables; null tables remove their model.
   void Publish(const std::vector<std::pair<std::string, std::shared_ptr<const RouteTable>>>& add);
   void RunRefresh();
+  // A queue's thread: takes each event off the queue and handles it inline.
+  void Serve(Queue* queue);
 
   const FleetState* const state_;
   Clock* const clock_;
@@ -88,7 +117,8 @@ class RouterService final : public v1::Router::CallbackService {
   AggregatorMetrics* const metrics_;
   const RouterOptions options_;
   const CandidateSource candidates_;
-  std::unique_ptr<Allocator> allocator_;  // per-call arenas
+  std::vector<std::unique_ptr<Queue>> queues_;
+  std::unique_ptr<Callback> callback_;
 
   // Models seen in requests that some node serves; bounded by the models in the fleet. Readers
   // load the pointer; writers (Publish) copy, change and store it under publish_mu_.

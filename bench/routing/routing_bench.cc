@@ -4,12 +4,15 @@
 // The fleet (--nodes nodes, --models models, --models_per_node models on each node, so about
 // nodes x models_per_node / models nodes per model; every 101st node's data is stale) is filled
 // directly into a FleetState, read through a FakeClock so it stays fresh for the whole run. An
-// async client (one CompletionQueue thread, --channels connections, the generic stub with
-// pre-serialised requests so the client spends little CPU on protobuf) measures:
+// async load client in a process of its own (this executable run with --client_target, as a
+// gateway would be: it shares no gRPC threads or poller with the server; --client=thread runs it
+// in the server's process instead), with one CompletionQueue, --channels connections and the
+// generic stub with pre-serialised requests so it spends little CPU on protobuf, measures:
 //   1. Pick QPS at saturation: --outstanding calls in flight for --duration_s (closed loop);
 //   2. the trivial call's QPS the same way;
 //   3. Pick p50/p99 latency at half the saturation QPS, open loop: calls start on a fixed
-//      schedule and latency counts from the scheduled start, so a stall is not hidden.
+//      schedule (a pacing thread starts them, another takes the completions) and latency counts
+//      from the scheduled start, so a stall is not hidden.
 //   4. the trivial call's p50/p99 at the same rate, open loop (the transport's own share);
 //   5. with --churn, while a thread applies each fresh node's frame again every --churn_period_s
 //      (window end moved on, the FakeClock moved with real time: the change rate of a real
@@ -22,16 +25,23 @@
 // process, with the first Pick over a fresh table. Requests cycle through the models (objective
 // EFFICIENCY, count 5, --mode). Prints figures and ends with one JSON line:
 //   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
+#include <fcntl.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -79,6 +89,16 @@ ABSL_FLAG(double, churn_period_s, 2, "with --churn: each node's reporting interv
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "keep absl's mutex deadlock detection on (the Debian build's default); off by default, "
           "as fleetwes-aggregator's main sets it (the server runs in this process)");
+ABSL_FLAG(std::string, client, "process",
+          "where the load client runs: process (a process of its own, this executable with "
+          "--client_target) or thread (threads of the server's process)");
+ABSL_FLAG(std::string, client_target, "",
+          "internal: run as the load client of the server at this address");
+ABSL_FLAG(std::string, client_phases, "standard",
+          "internal: with --client_target, standard or churn");
+ABSL_FLAG(int, router_threads, -1,
+          "the service's completion-queue threads (RouterOptions::threads; 0: the callback "
+          "service, answered on gRPC's threads); -1: the service's default");
 ABSL_FLAG(int, table_refresh_ms, 100,
           "the service's route table refresh period (RouterOptions::table_refresh); 0: calls "
           "rebuild changed tables");
@@ -230,49 +250,67 @@ class Load {
         ++in_flight;
       }
     }
-    cpu_us_per_call_ = completed > 0 ? (ProcessCpuUs() - cpu_start) / completed : 0;
+    cpu_us_ = ProcessCpuUs() - cpu_start;
+    calls_ = completed;
     return static_cast<double>(done) / absl::ToDoubleSeconds(duration);
   }
 
-  // CPU time of the whole process (server and client) per call completed in the last Saturate,
-  // warm-up included: what a call costs the machine, little affected by other load.
-  double cpu_us_per_call() const { return cpu_us_per_call_; }
+  // CPU time of this process during the last phase (Saturate or Paced) and the calls it
+  // completed, warm-up included.
+  double cpu_us() const { return cpu_us_; }
+  int64_t calls() const { return calls_; }
 
   // Open loop at `qps`: call k starts at t0 + k / qps; latency from that scheduled start.
   // Returns the latencies of the calls scheduled after a 1 s warm-up, in microseconds, sorted.
+  // A pacing thread (timer slack 1 ns) sleeps until the next call is due and starts every call
+  // due by then; this thread takes the completions, blocked in CompletionQueue::Next. (Pacing
+  // by CompletionQueue::AsyncNext deadlines, which gRPC rounds to whole milliseconds, started
+  // calls up to a millisecond late or spun in epoll_wait with a zero timeout.)
   std::vector<double> Paced(double qps, absl::Duration duration) {
     const auto period = std::chrono::duration<double>(1.0 / qps);
+    const double cpu_start = ProcessCpuUs();
     const Clock::time_point t0 = Clock::now();
     const Clock::time_point measure_from = t0 + std::chrono::seconds(1);
     const Clock::time_point end = measure_from + absl::ToChronoNanoseconds(duration);
-    std::vector<double> latencies_us;
-    int64_t k = 0;
-    int in_flight = 0;
-    auto next = [&] { return t0 + std::chrono::duration_cast<Clock::duration>(period * k); };
-    while (true) {
-      Clock::time_point now = Clock::now();
-      while (next() <= now && next() < end) {
-        Start(next());
-        ++in_flight;
-        ++k;
+    std::atomic<int64_t> started{-1};  // calls started, once the pacing thread is done
+    grpc::Alarm done_alarm;
+    char done_tag = 0;
+    std::thread pacer([&] {
+      prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+      int64_t k = 0;
+      auto due = [&] { return t0 + std::chrono::duration_cast<Clock::duration>(period * k); };
+      while (due() < end) {
+        std::this_thread::sleep_until(due());
+        const Clock::time_point now = Clock::now();
+        for (; due() <= now && due() < end; ++k) Start(due());
       }
-      if (in_flight == 0 && next() >= end) break;
-      void* tag;
-      bool ok;
-      const Clock::time_point wait_until = next() < end ? next() : now + std::chrono::seconds(5);
-      // AsyncNext takes a system_clock deadline.
-      const auto deadline = std::chrono::system_clock::now() + (wait_until - Clock::now());
-      const grpc::CompletionQueue::NextStatus st = cq_.AsyncNext(&tag, &ok, deadline);
-      if (st == grpc::CompletionQueue::SHUTDOWN) break;
-      if (st == grpc::CompletionQueue::TIMEOUT) continue;
+      started.store(k, std::memory_order_release);
+      // Wakes the completion loop, which may be waiting with every call completed.
+      done_alarm.Set(&cq_, gpr_now(GPR_CLOCK_MONOTONIC), &done_tag);
+    });
+    std::vector<double> latencies_us;
+    int64_t completed = 0;
+    bool pacer_done = false;
+    void* tag;
+    bool ok;
+    while (!(pacer_done && completed == started.load(std::memory_order_acquire)) &&
+           cq_.Next(&tag, &ok)) {
+      if (tag == &done_tag) {
+        pacer_done = true;
+        continue;
+      }
+      const Clock::time_point now = Clock::now();
       std::unique_ptr<Call> call(static_cast<Call*>(tag));
-      --in_flight;
+      ++completed;
       Check(*call);
       if (call->start >= measure_from) {
         latencies_us.push_back(
-            std::chrono::duration<double, std::micro>(Clock::now() - call->start).count());
+            std::chrono::duration<double, std::micro>(now - call->start).count());
       }
     }
+    pacer.join();
+    cpu_us_ = ProcessCpuUs() - cpu_start;
+    calls_ = completed;
     std::sort(latencies_us.begin(), latencies_us.end());
     return latencies_us;
   }
@@ -314,13 +352,167 @@ class Load {
   grpc::CompletionQueue cq_;
   size_t next_ = 0;
   int64_t errors_ = 0;
-  double cpu_us_per_call_ = 0;
+  double cpu_us_ = 0;
+  int64_t calls_ = 0;
 };
 
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   const size_t i = std::min(sorted.size() - 1, static_cast<size_t>(p * sorted.size()));
   return sorted[i];
+}
+
+std::vector<v1::PickRequest> PickRequests(int models, const std::string& mode) {
+  std::vector<v1::PickRequest> picks;
+  for (int m = 0; m < models; ++m) {
+    v1::PickRequest r;
+    r.set_model(ModelName(m));
+    r.set_objective(v1::OBJECTIVE_EFFICIENCY);
+    r.set_mode(mode == "one" ? v1::PICK_MODE_ONE : v1::PICK_MODE_RANKED);
+    picks.push_back(r);
+  }
+  return picks;
+}
+
+using Emit = std::function<void(const nlohmann::json&)>;
+
+// The load client: runs `phases` against `target` and returns the result. "standard": phases 1
+// to 4 (see the top of this file), open loop at `paced_qps` (0: half the Pick saturation);
+// "churn": Pick open loop at `paced_qps`. Each closed-loop phase
+// is framed by {"event":"begin","phase":..} and {"event":"end","phase":..,"cpu_us":..,"calls":..}
+// (this process's CPU time during the phase) passed to `emit` as it happens.
+nlohmann::json RunClient(const std::string& target, const std::string& phases, double paced_qps,
+                         const Emit& emit) {
+  const std::vector<v1::PickRequest> picks =
+      PickRequests(absl::GetFlag(FLAGS_models), absl::GetFlag(FLAGS_mode));
+  const absl::Duration duration = absl::Seconds(absl::GetFlag(FLAGS_duration_s));
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  for (int i = 0; i < absl::GetFlag(FLAGS_channels); ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("fleetwes.bench_channel", i);  // distinct arguments: one connection each
+    stubs.push_back(std::make_unique<grpc::GenericStub>(
+        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+  }
+  std::vector<grpc::ByteBuffer> pick_bodies;
+  for (const v1::PickRequest& r : picks) pick_bodies.push_back(Serialized(r));
+  nlohmann::json result;
+  if (phases == "churn") {
+    Load churn_load(&stubs, kPickMethod, pick_bodies);
+    const std::vector<double> lat = churn_load.Paced(paced_qps, duration);
+    result["p50_us"] = Percentile(lat, 0.50);
+    result["p99_us"] = Percentile(lat, 0.99);
+    result["calls"] = lat.size();
+    result["errors"] = churn_load.errors();
+    return result;
+  }
+  // HealthCheckRequest{service: ""} is empty on the wire (one empty slice: a buffer without any
+  // is no message at all).
+  grpc::Slice empty_slice;
+  const grpc::ByteBuffer health_body(&empty_slice, 1);
+  const int outstanding = absl::GetFlag(FLAGS_outstanding);
+  auto saturate = [&](Load& load, const char* phase) {
+    emit({{"event", "begin"}, {"phase", phase}});
+    const double qps = load.Saturate(outstanding, duration);
+    emit({{"event", "end"}, {"phase", phase}, {"cpu_us", load.cpu_us()}, {"calls", load.calls()}});
+    return qps;
+  };
+  Load pick_load(&stubs, kPickMethod, pick_bodies);
+  const double pick_qps = saturate(pick_load, "pick");
+  std::fprintf(stderr, "==> Pick at saturation (%d in flight): %.0f calls/s\n", outstanding,
+               pick_qps);
+  Load trivial_load(&stubs, kHealthMethod, {health_body});
+  const double trivial_qps = saturate(trivial_load, "trivial");
+  std::fprintf(stderr, "==> Health.Check at saturation: %.0f calls/s\n", trivial_qps);
+  if (!(paced_qps > 0)) paced_qps = pick_qps / 2;
+  auto paced = [&](Load& load, const char* phase) {
+    emit({{"event", "begin"}, {"phase", phase}});
+    std::vector<double> latencies = load.Paced(paced_qps, duration);
+    emit({{"event", "end"}, {"phase", phase}, {"cpu_us", load.cpu_us()}, {"calls", load.calls()}});
+    return latencies;
+  };
+  const std::vector<double> lat = paced(pick_load, "pick_paced");
+  std::fprintf(stderr, "==> Pick at %.0f calls/s (open loop): p50 %.0f us, p99 %.0f us (%zu)\n",
+               paced_qps, Percentile(lat, 0.50), Percentile(lat, 0.99), lat.size());
+  const std::vector<double> trivial_lat = paced(trivial_load, "trivial_paced");
+  std::fprintf(
+      stderr, "==> Health.Check at %.0f calls/s (open loop): p50 %.0f us, p99 %.0f us (%zu)\n",
+      paced_qps, Percentile(trivial_lat, 0.50), Percentile(trivial_lat, 0.99), trivial_lat.size());
+  result["pick_qps"] = pick_qps;
+  result["trivial_qps"] = trivial_qps;
+  result["paced_qps"] = paced_qps;
+  result["pick_p50_us"] = Percentile(lat, 0.50);
+  result["pick_p99_us"] = Percentile(lat, 0.99);
+  result["trivial_p50_us"] = Percentile(trivial_lat, 0.50);
+  result["trivial_p99_us"] = Percentile(trivial_lat, 0.99);
+  result["errors"] = pick_load.errors() + trivial_load.errors();
+  return result;
+}
+
+// Runs RunClient in a process of its own (this executable with --client_target), passing its
+// events to `emit`; its stderr is this process's.
+absl::StatusOr<nlohmann::json> RunClientProcess(const std::string& target,
+                                                const std::string& phases, double paced_qps,
+                                                const Emit& emit) {
+  std::vector<std::string> args = {"/proc/self/exe",
+                                   absl::StrCat("--client_target=", target),
+                                   absl::StrCat("--client_phases=", phases),
+                                   absl::StrCat("--paced_qps=", paced_qps),
+                                   absl::StrCat("--models=", absl::GetFlag(FLAGS_models)),
+                                   absl::StrCat("--mode=", absl::GetFlag(FLAGS_mode)),
+                                   absl::StrCat("--channels=", absl::GetFlag(FLAGS_channels)),
+                                   absl::StrCat("--outstanding=", absl::GetFlag(FLAGS_outstanding)),
+                                   absl::StrCat("--duration_s=", absl::GetFlag(FLAGS_duration_s))};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  if (rc != 0) {
+    close(fds[0]);
+    return absl::InternalError(absl::StrCat("cannot start the load client: errno ", rc));
+  }
+  FILE* out = fdopen(fds[0], "r");
+  nlohmann::json result;
+  char* line = nullptr;
+  size_t cap = 0;
+  while (getline(&line, &cap, out) > 0) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) continue;
+    if (j.value("event", "") == "result") {
+      result = std::move(j);
+    } else {
+      emit(j);
+    }
+  }
+  free(line);
+  fclose(out);
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || result.is_null()) {
+    return absl::InternalError("the load client failed");
+  }
+  return result;
+}
+
+// --client_target: this process is the load client; prints its events and result as JSON lines.
+int RunClientMain() {
+  const Emit print = [](const nlohmann::json& j) {
+    std::printf("%s\n", j.dump().c_str());
+    std::fflush(stdout);
+  };
+  nlohmann::json result =
+      RunClient(absl::GetFlag(FLAGS_client_target), absl::GetFlag(FLAGS_client_phases),
+                absl::GetFlag(FLAGS_paced_qps), print);
+  result["event"] = "result";
+  print(result);
+  return 0;
 }
 
 int Run() {
@@ -333,6 +525,7 @@ int Run() {
       absl::GetFlag(FLAGS_channels) < 1 || duration <= absl::ZeroDuration() ||
       (mode != "ranked" && mode != "one") ||
       (absl::GetFlag(FLAGS_candidates) != "fleet" && absl::GetFlag(FLAGS_candidates) != "index") ||
+      (absl::GetFlag(FLAGS_client) != "process" && absl::GetFlag(FLAGS_client) != "thread") ||
       !(absl::GetFlag(FLAGS_churn_period_s) > 0) || absl::GetFlag(FLAGS_table_refresh_ms) < 0) {
     std::fprintf(stderr, "routing: bad flags (see --help)\n");
     return 2;
@@ -345,14 +538,7 @@ int Run() {
   std::fprintf(stderr, "==> fleet: %d nodes x %d models (%d per node) filled in %.1f s\n", nodes,
                models, per_node, absl::ToDoubleSeconds(absl::Now() - fill_start));
 
-  std::vector<v1::PickRequest> picks;
-  for (int m = 0; m < models; ++m) {
-    v1::PickRequest r;
-    r.set_model(ModelName(m));
-    r.set_objective(v1::OBJECTIVE_EFFICIENCY);
-    r.set_mode(mode == "one" ? v1::PICK_MODE_ONE : v1::PICK_MODE_RANKED);
-    picks.push_back(r);
-  }
+  const std::vector<v1::PickRequest> picks = PickRequests(models, mode);
 
   // Pick in process, no transport: what one call costs the server's CPU. The service's refresh
   // rebuilds a model's route table after a change to its nodes; building it (and the orders the
@@ -418,26 +604,23 @@ int Run() {
   }
   RouterOptions router_options;
   router_options.table_refresh = absl::Milliseconds(absl::GetFlag(FLAGS_table_refresh_ms));
+  if (absl::GetFlag(FLAGS_router_threads) >= 0) {
+    router_options.threads = absl::GetFlag(FLAGS_router_threads);
+  }
   RouterService router(&state, &clock, policy, &metrics, router_options, std::move(source));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&router);
+  router.Register(&builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "routing: cannot listen on 127.0.0.1\n");
     return 1;
   }
+  router.StartServing();
   const std::string target = absl::StrCat("127.0.0.1:", port);
 
-  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
-  for (int i = 0; i < absl::GetFlag(FLAGS_channels); ++i) {
-    grpc::ChannelArguments args;
-    args.SetInt("fleetwes.bench_channel", i);  // distinct arguments: one connection each
-    stubs.push_back(std::make_unique<grpc::GenericStub>(
-        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
-  }
   {  // One typed call to check the answer.
     auto stub =
         v1::Router::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
@@ -454,36 +637,44 @@ int Run() {
                  resp.recommendation().node_id().c_str());
   }
 
-  std::vector<grpc::ByteBuffer> pick_bodies;
-  for (const v1::PickRequest& r : picks) pick_bodies.push_back(Serialized(r));
-  // HealthCheckRequest{service: ""} is empty on the wire (one empty slice: a buffer without any
-  // is no message at all).
-  grpc::Slice empty_slice;
-  const grpc::ByteBuffer health_body(&empty_slice, 1);
-  const int outstanding = absl::GetFlag(FLAGS_outstanding);
-
-  Load pick_load(&stubs, kPickMethod, pick_bodies);
-  const double pick_qps = pick_load.Saturate(outstanding, duration);
-  std::fprintf(stderr, "==> Pick at saturation (%d in flight): %.0f calls/s\n", outstanding,
-               pick_qps);
-  Load trivial_load(&stubs, kHealthMethod, {health_body});
-  const double trivial_qps = trivial_load.Saturate(outstanding, duration);
-  std::fprintf(stderr, "==> Health.Check at saturation: %.0f calls/s\n", trivial_qps);
-  std::fprintf(stderr, "==> CPU per call (server and client): Pick %.1f us, Health.Check %.1f us\n",
-               pick_load.cpu_us_per_call(), trivial_load.cpu_us_per_call());
-  const double paced_qps =
-      absl::GetFlag(FLAGS_paced_qps) > 0 ? absl::GetFlag(FLAGS_paced_qps) : pick_qps / 2;
-  std::vector<double> lat = pick_load.Paced(paced_qps, duration);
-  const double p50 = Percentile(lat, 0.50);
-  const double p99 = Percentile(lat, 0.99);
-  std::fprintf(stderr, "==> Pick at %.0f calls/s (open loop): p50 %.0f us, p99 %.0f us (%zu)\n",
-               paced_qps, p50, p99, lat.size());
-  std::vector<double> trivial_lat = trivial_load.Paced(paced_qps, duration);
-  const double trivial_p50 = Percentile(trivial_lat, 0.50);
-  const double trivial_p99 = Percentile(trivial_lat, 0.99);
+  // The load client: a process of its own (as a gateway would be), or threads of this one.
+  const bool client_process = absl::GetFlag(FLAGS_client) == "process";
+  absl::flat_hash_map<std::string, double> cpu_at_begin;
+  absl::flat_hash_map<std::string, double> cpu_per_call;  // server and client, per phase
+  const Emit on_event = [&](const nlohmann::json& j) {
+    const std::string phase = j.value("phase", "");
+    if (j.value("event", "") == "begin") {
+      cpu_at_begin[phase] = ProcessCpuUs();
+    } else if (j.value("event", "") == "end") {
+      // An in-process client's figure is already the whole process's.
+      const double server_us = client_process ? ProcessCpuUs() - cpu_at_begin[phase] : 0;
+      const int64_t calls = j.value("calls", int64_t{0});
+      cpu_per_call[phase] = calls > 0 ? (server_us + j.value("cpu_us", 0.0)) / calls : 0;
+      if (client_process && calls > 0) {
+        std::fprintf(stderr, "==> %s: CPU per call %.1f us in the server, %.1f us in the client\n",
+                     phase.c_str(), server_us / calls, j.value("cpu_us", 0.0) / calls);
+      }
+    }
+  };
+  auto run_client = [&](const std::string& phases, double qps) -> absl::StatusOr<nlohmann::json> {
+    if (client_process) return RunClientProcess(target, phases, qps, on_event);
+    return RunClient(target, phases, qps, on_event);
+  };
+  absl::StatusOr<nlohmann::json> standard = run_client("standard", absl::GetFlag(FLAGS_paced_qps));
+  if (!standard.ok()) {
+    std::fprintf(stderr, "routing: %s\n", standard.status().ToString().c_str());
+    return 1;
+  }
+  const double pick_qps = (*standard)["pick_qps"];
+  const double trivial_qps = (*standard)["trivial_qps"];
+  const double paced_qps = (*standard)["paced_qps"];
+  const double pick_cpu_us = cpu_per_call["pick"];
+  const double trivial_cpu_us = cpu_per_call["trivial"];
   std::fprintf(stderr,
-               "==> Health.Check at %.0f calls/s (open loop): p50 %.0f us, p99 %.0f us (%zu)\n",
-               paced_qps, trivial_p50, trivial_p99, trivial_lat.size());
+               "==> CPU per call (server and client): Pick %.1f us, Health.Check %.1f us; "
+               "open loop: Pick %.1f us, Health.Check %.1f us\n",
+               pick_cpu_us, trivial_cpu_us, cpu_per_call["pick_paced"],
+               cpu_per_call["trivial_paced"]);
   double churn_p50 = 0;
   double churn_p99 = 0;
   double churn_rate = 0;
@@ -496,7 +687,6 @@ int Run() {
   if (churn) {
     Churn churner(&state, &clock, std::move(fresh_frames),
                   absl::Seconds(absl::GetFlag(FLAGS_churn_period_s)));
-    Load churn_load(&stubs, kPickMethod, pick_bodies);
     churner.Start();
     // In process first: RouterService::Answer back to back for 2 s, each call timed.
     std::vector<double> answer_us;
@@ -514,30 +704,35 @@ int Run() {
                  "==> in process with the fleet changing: RouterService::Answer p50 %.1f us, "
                  "p99 %.1f us (%zu calls)\n",
                  answer_p50, answer_p99, answer_us.size());
-    std::vector<double> churn_lat = churn_load.Paced(paced_qps, duration);
+    absl::StatusOr<nlohmann::json> churned = run_client("churn", paced_qps);
     churner.Stop();
-    churn_p50 = Percentile(churn_lat, 0.50);
-    churn_p99 = Percentile(churn_lat, 0.99);
+    if (!churned.ok()) {
+      std::fprintf(stderr, "routing: %s\n", churned.status().ToString().c_str());
+      return 1;
+    }
+    churn_p50 = (*churned)["p50_us"];
+    churn_p99 = (*churned)["p99_us"];
     churn_rate = churner.rate();
-    churn_errors += churn_load.errors();
+    churn_errors += (*churned)["errors"].get<int64_t>();
     std::fprintf(stderr,
                  "==> Pick at %.0f calls/s (open loop) with %.0f frames/s applied: p50 %.0f us, "
                  "p99 %.0f us (%zu)\n",
-                 paced_qps, churn_rate, churn_p50, churn_p99, churn_lat.size());
+                 paced_qps, churn_rate, churn_p50, churn_p99, (*churned)["calls"].get<size_t>());
     refreshes = router.refreshes();
     refresh_ms = refreshes > 0 ? router.refresh_ns() / 1e6 / refreshes : 0;
     std::fprintf(stderr, "==> %llu table refreshes, %.1f ms each on average\n",
                  static_cast<unsigned long long>(refreshes), refresh_ms);
   }
-  const int64_t errors = pick_load.errors() + trivial_load.errors() + churn_errors;
+  const int64_t errors = (*standard)["errors"].get<int64_t>() + churn_errors;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  router.StopServing();
 
   nlohmann::json j;
   j["nodes"] = nodes;
   j["models"] = models;
   j["nodes_per_model"] = serving / kBuilds;
   j["mode"] = mode;
-  j["outstanding"] = outstanding;
+  j["outstanding"] = absl::GetFlag(FLAGS_outstanding);
   j["candidates"] = absl::GetFlag(FLAGS_candidates);
   j["table_build_us"] = build_us;
   j["pick_only_us"] = pick_only_us;
@@ -545,13 +740,14 @@ int Run() {
   j["pick_only_cpu_us"] = pick_only_cpu_us;
   j["first_pick_us"] = first_pick_us;
   j["pick_qps"] = pick_qps;
-  j["pick_p50_us"] = p50;
-  j["pick_p99_us"] = p99;
+  j["pick_p50_us"] = (*standard)["pick_p50_us"];
+  j["pick_p99_us"] = (*standard)["pick_p99_us"];
   j["paced_qps"] = paced_qps;
   j["trivial_qps"] = trivial_qps;
-  j["trivial_p50_us"] = trivial_p50;
-  j["trivial_p99_us"] = trivial_p99;
+  j["trivial_p50_us"] = (*standard)["trivial_p50_us"];
+  j["trivial_p99_us"] = (*standard)["trivial_p99_us"];
   j["table_refresh_ms"] = absl::GetFlag(FLAGS_table_refresh_ms);
+  j["router_threads"] = router_options.threads;
   j["mutex_deadlock_detection"] = absl::GetFlag(FLAGS_mutex_deadlock_detection);
   if (churn) {
     j["churn_frames_per_s"] = churn_rate;
@@ -563,11 +759,12 @@ int Run() {
     j["churn_refresh_ms"] = refresh_ms;
   }
   j["ratio"] = trivial_qps > 0 ? pick_qps / trivial_qps : 0;
-  j["pick_cpu_us"] = pick_load.cpu_us_per_call();
-  j["trivial_cpu_us"] = trivial_load.cpu_us_per_call();
-  j["cpu_ratio"] = pick_load.cpu_us_per_call() > 0
-                       ? trivial_load.cpu_us_per_call() / pick_load.cpu_us_per_call()
-                       : 0;
+  j["client"] = absl::GetFlag(FLAGS_client);
+  j["pick_cpu_us"] = pick_cpu_us;
+  j["trivial_cpu_us"] = trivial_cpu_us;
+  j["pick_paced_cpu_us"] = cpu_per_call["pick_paced"];
+  j["trivial_paced_cpu_us"] = cpu_per_call["trivial_paced"];
+  j["cpu_ratio"] = pick_cpu_us > 0 ? trivial_cpu_us / pick_cpu_us : 0;
   j["errors"] = errors;
   std::printf("%s\n", j.dump().c_str());
   return errors == 0 ? 0 : 1;
@@ -578,6 +775,9 @@ int Run() {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (!absl::GetFlag(FLAGS_client_target).empty()) {
+    return fleetwes::aggregator::RunClientMain();
+  }
   if (!absl::GetFlag(FLAGS_mutex_deadlock_detection)) {
     absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   }

@@ -27,6 +27,10 @@ options:
   --churn                also measure p50/p99 at the same rate while each fresh node's frame is
                          applied again every 2 s (the route tables change all the time)
   --table-refresh-ms N   the router's table refresh period (default 100; 0: rebuilt by calls)
+  --router-threads N     the router's completion-queue threads (router.threads; default: the
+                         service's default, 1; 0: the callback service on gRPC's threads)
+  --client process|thread  the load client in a process of its own (default) or in the
+                         server's process
   --build DIR            build directory (default build/bench; configured and built when needed)
   --skip-build           use the binaries already in --build
   -h, --help             this help
@@ -44,6 +48,8 @@ duration=5
 mode=ranked
 churn=false
 table_refresh_ms=100
+router_threads=-1
+client=process
 build="$root/build/bench"
 skip_build=0
 while [ $# -gt 0 ]; do
@@ -56,6 +62,8 @@ while [ $# -gt 0 ]; do
     --mode) case "${2:-}" in ranked|one) mode=$2 ;; *) die "--mode needs ranked or one" ;; esac; shift ;;
     --churn) churn=true ;;
     --table-refresh-ms) need_number "$1" "${2:-}" 0; table_refresh_ms=$2; shift ;;
+    --router-threads) need_number "$1" "${2:-}" 0; router_threads=$2; shift ;;
+    --client) case "${2:-}" in process|thread) client=$2 ;; *) die "--client needs process or thread" ;; esac; shift ;;
     --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -68,7 +76,8 @@ bench_build "$build" "$skip_build" fleetwes-routing-bench
 say "uptime before: $(uptime)"
 line=$("$build/bin/fleetwes-routing-bench" --nodes="$nodes" --models="$models" \
   --models_per_node="$per_node" --outstanding="$outstanding" --duration_s="$duration" --mode="$mode" \
-  --churn="$churn" --table_refresh_ms="$table_refresh_ms")
+  --churn="$churn" --table_refresh_ms="$table_refresh_ms" --router_threads="$router_threads" \
+  --client="$client")
 load1=$(cut -d' ' -f1 /proc/loadavg)
 say "uptime after: $(uptime)"
 printf '%s\n' "${line%\}},\"load1\":$load1}"

@@ -36,6 +36,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->retention.days_ahead, 2);
   EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(100));
   EXPECT_EQ(c->leaderboard.max_watchers, 64);
+  EXPECT_EQ(c->router.threads, 1);
 }
 
 TEST(ConfigTest, ReadsEveryOption) {
@@ -74,6 +75,7 @@ leaderboard:
   max_watchers: 8
 router:
   table_refresh: 250ms
+  threads: 4
 max_frame_bytes: 131072
 log_level: debug
 )");
@@ -106,6 +108,7 @@ log_level: debug
   EXPECT_EQ(c->leaderboard.checkpoint_interval, absl::Minutes(1));
   EXPECT_EQ(c->leaderboard.max_watchers, 8);
   EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(250));
+  EXPECT_EQ(c->router.threads, 4);
 }
 
 TEST(ConfigTest, ErrorsNameTheKey) {
@@ -138,6 +141,8 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {"leaderboard:\n  max_watchers: 10001\n", "leaderboard.max_watchers"},
       {"router:\n  table_refresh: 11s\n", "router.table_refresh"},
       {"router:\n  table_refresh: -1ms\n", "router.table_refresh"},
+      {"router:\n  threads: -1\n", "router.threads"},
+      {"router:\n  threads: 65\n", "router.threads"},
       {"router:\n  refresh: 1s\n", "refresh'"},
       {"thermal_penalties:\n  fair: 0.9\n", "thermal_penalties.fair"},
       {"thermal_penalties:\n  serious: 1.1\n", "thermal_penalties.serious"},

@@ -1,7 +1,9 @@
 #include "aggregator/routing/router.h"
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -372,48 +374,171 @@ bool Eventually(const std::function<bool()>& done) {
 }
 
 // The refresh thread publishes a change within table_refresh: not before the clock gets there.
-TEST_F(RouterTest, TheRefreshThreadPublishesAChangeWithinTheRefreshInterval) {
-  FakeClock clock(now_);
-  AggregatorMetrics metrics;
-  RouterService service(&state_, &clock, StalenessPolicy{}, &metrics,
-                        RouterOptions{.table_refresh = absl::Milliseconds(100)});
-  Add("a", {.tokens_per_s = 50, .watts = 100});
-  Add("b", {.tokens_per_s = 40, .watts = 100});
-  v1::PickRequest req = Request();
-  v1::PickResponse resp;
-  ASSERT_TRUE(service.Answer(req, &resp).ok());
-  EXPECT_EQ(resp.efficiency().node_id(), "a");
-  ASSERT_TRUE(Eventually([&] { return clock.waiters() == 1; }));  // the thread is parked
+// A service with `table_refresh` over nodes "a" (the most efficient) and "b", after one call
+// answered from the table built for it.
+class RouterServiceTest : public RouterTest {
+ protected:
+  void StartService(absl::Duration table_refresh) {
+    service_ = std::make_unique<RouterService>(&state_, &clock_, StalenessPolicy{}, &metrics_,
+                                               RouterOptions{.table_refresh = table_refresh});
+    Add("a", {.tokens_per_s = 50, .watts = 100});
+    Add("b", {.tokens_per_s = 40, .watts = 100});
+    ASSERT_TRUE(service_->Answer(req_, &resp_).ok());
+    EXPECT_EQ(resp_.efficiency().node_id(), "a");
+  }
+
+  FakeClock clock_{T0() + absl::Seconds(1)};
+  AggregatorMetrics metrics_;
+  std::unique_ptr<RouterService> service_;
+  v1::PickRequest req_ = Request();
+  v1::PickResponse resp_;
+};
+
+TEST_F(RouterServiceTest, TheRefreshThreadPublishesAChangeWithinTheRefreshInterval) {
+  StartService(absl::Milliseconds(100));
+  ASSERT_TRUE(Eventually([&] { return clock_.waiters() == 1; }));  // the thread is parked
 
   Add("b", {.tokens_per_s = 90, .watts = 100}, T0() + absl::Milliseconds(500));
-  clock.Advance(absl::Milliseconds(99));
-  ASSERT_TRUE(Eventually([&] { return clock.waiters() == 1; }));
-  EXPECT_EQ(service.refreshes(), 0u);
-  ASSERT_TRUE(service.Answer(req, &resp).ok());
-  EXPECT_EQ(resp.efficiency().node_id(), "a");
+  clock_.Advance(absl::Milliseconds(99));
+  ASSERT_TRUE(Eventually([&] { return clock_.waiters() == 1; }));
+  EXPECT_EQ(service_->refreshes(), 0u);
+  ASSERT_TRUE(service_->Answer(req_, &resp_).ok());
+  EXPECT_EQ(resp_.efficiency().node_id(), "a");
 
-  clock.Advance(absl::Milliseconds(1));
-  ASSERT_TRUE(Eventually([&] { return service.refreshes() >= 1; }));
-  ASSERT_TRUE(service.Answer(req, &resp).ok());
-  EXPECT_EQ(resp.efficiency().node_id(), "b");
+  clock_.Advance(absl::Milliseconds(1));
+  ASSERT_TRUE(Eventually([&] { return service_->refreshes() >= 1; }));
+  ASSERT_TRUE(service_->Answer(req_, &resp_).ok());
+  EXPECT_EQ(resp_.efficiency().node_id(), "b");
 }
 
 // With table_refresh 0 there is no thread: the next call sees a change.
-TEST_F(RouterTest, WithoutRefreshTheNextCallSeesAChange) {
-  FakeClock clock(now_);
-  AggregatorMetrics metrics;
-  RouterService service(&state_, &clock, StalenessPolicy{}, &metrics,
-                        RouterOptions{.table_refresh = absl::ZeroDuration()});
-  Add("a", {.tokens_per_s = 50, .watts = 100});
-  v1::PickRequest req = Request();
-  v1::PickResponse resp;
-  ASSERT_TRUE(service.Answer(req, &resp).ok());
-  EXPECT_EQ(resp.efficiency().node_id(), "a");
+TEST_F(RouterServiceTest, WithoutRefreshTheNextCallSeesAChange) {
+  StartService(absl::ZeroDuration());
   Add("b", {.tokens_per_s = 90, .watts = 100});
-  ASSERT_TRUE(service.Answer(req, &resp).ok());
-  EXPECT_EQ(resp.efficiency().node_id(), "b");
-  EXPECT_EQ(clock.waiters(), 0);
+  ASSERT_TRUE(service_->Answer(req_, &resp_).ok());
+  EXPECT_EQ(resp_.efficiency().node_id(), "b");
+  EXPECT_EQ(clock_.waiters(), 0);
 }
+
+// The service on a real server on loopback, as AggregatorServer runs it, with GetParam()
+// threads (0: the callback service).
+class RouterServerTest : public RouterTest, public ::testing::WithParamInterface<int> {
+ protected:
+  void SetUp() override {
+    for (int n = 0; n < 30; ++n) {
+      Add(absl::StrCat("node-", n), {.tokens_per_s = 10.0 + n, .watts = 100});
+    }
+    service_ = std::make_unique<RouterService>(&state_, &clock_, StalenessPolicy{}, &metrics_,
+                                               RouterOptions{.threads = GetParam()});
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    service_->Register(&builder);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_GT(port, 0);
+    service_->StartServing();
+    channel_ =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  }
+
+  void TearDown() override { StopServer(); }
+
+  void StopServer() {
+    if (server_ == nullptr) return;
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    service_->StopServing();
+    server_->Wait();
+    server_.reset();
+  }
+
+  FakeClock clock_{T0() + absl::Seconds(1)};
+  AggregatorMetrics metrics_;
+  std::unique_ptr<RouterService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+TEST_P(RouterServerTest, ManyConcurrentPicksAreAnsweredAsInProcess) {
+  v1::PickRequest req = Request();
+  req.set_count(3);
+  v1::PickResponse expected;
+  ASSERT_TRUE(service_->Answer(req, &expected).ok());
+  ASSERT_EQ(expected.candidates_size(), 3);
+  v1::PickRequest bad = Request();
+  bad.set_model("");
+  constexpr int kThreads = 8;
+  constexpr int kCalls = 40;
+  std::vector<int> ok(kThreads, 0);
+  std::vector<int> invalid(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto stub = v1::Router::NewStub(channel_);
+      for (int i = 0; i < kCalls; ++i) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+        v1::PickResponse resp;
+        const bool good = i % 10 != 9;
+        const grpc::Status s = stub->Pick(&ctx, good ? req : bad, &resp);
+        if (good && s.ok() && google::protobuf::util::MessageDifferencer::Equals(resp, expected)) {
+          ++ok[t];
+        }
+        if (!good && s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) ++invalid[t];
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(ok[t], kCalls - kCalls / 10) << "thread " << t;
+    EXPECT_EQ(invalid[t], kCalls / 10) << "thread " << t;
+  }
+}
+
+// Calls in flight at shutdown end (answered or cancelled), and the threads join.
+TEST_P(RouterServerTest, StopsCleanlyWithCallsInFlight) {
+  v1::PickRequest req = Request();
+  grpc::CompletionQueue cq;
+  auto stub = v1::Router::NewStub(channel_);
+  struct Pending {
+    grpc::ClientContext ctx;
+    v1::PickResponse resp;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::PickResponse>> rpc;
+  };
+  constexpr int kCalls = 200;
+  std::vector<Pending> calls(kCalls);
+  for (Pending& p : calls) {
+    p.ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    p.rpc = stub->AsyncPick(&p.ctx, req, &cq);
+    p.rpc->Finish(&p.resp, &p.status, &p);
+  }
+  StopServer();
+  for (int i = 0; i < kCalls; ++i) {
+    void* tag;
+    bool ok;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    const Pending& p = *static_cast<Pending*>(tag);
+    if (p.status.ok()) {
+      EXPECT_EQ(p.resp.candidates_size(), 5);
+    } else {
+      EXPECT_TRUE(p.status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                  p.status.error_code() == grpc::StatusCode::CANCELLED)
+          << p.status.error_code() << " " << p.status.error_message();
+    }
+  }
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  EXPECT_FALSE(cq.Next(&tag, &ok));
+  // A new call after the stop fails rather than hangs.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::PickResponse resp;
+  EXPECT_FALSE(stub->Pick(&ctx, req, &resp).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Threads, RouterServerTest, ::testing::Values(0, 1, 2));
 
 // WES 1.00, 0.90, 0.85, 0.50 tok/J: the band is score >= 0.8, so the last one gets no weight.
 TEST_F(RouterTest, WeightsSpreadOverTheBandAndSumToOne) {
