@@ -128,6 +128,8 @@ bool PromFamilyFilter::Keep(std::string_view line) const {
     s.remove_prefix(n);
     return name;
   };
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  while (!line.empty() && blank(line.back())) line.remove_suffix(1);
   skip_blanks(line);
   if (line.empty()) return false;
   if (line.front() == '#') {
@@ -144,7 +146,8 @@ bool PromFamilyFilter::Keep(std::string_view line) const {
     return ReadsFamily(name);
   }
   const std::string_view name = take_name(line);
-  if (name.empty() || (!line.empty() && !blank(line.front()) && line.front() != '{')) return true;
+  // Without a name, a value, or a blank or '{' after the name: the parser's error.
+  if (name.empty() || line.empty() || (!blank(line.front()) && line.front() != '{')) return true;
   return Reads(name);
 }
 

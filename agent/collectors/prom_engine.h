@@ -61,8 +61,8 @@ struct DetectedNames {
 // line is blanked before parsing (left as an empty line, so that parse errors name the same line
 // numbers), which spares the parser their labels and values: a vLLM exposition has some 420
 // samples, of which the agent reads about 100. A blanked sample line has been checked only for a
-// metric name followed by a blank or '{'; a line that does not start like a sample or a comment
-// is kept, so the parser rejects it as before. Thread-safe (immutable).
+// metric name followed by a blank or '{' and more; a line that does not start like that or like
+// a comment is kept, so the parser rejects it as before. Thread-safe (immutable).
 class PromFamilyFilter {
  public:
   explicit PromFamilyFilter(const PromEngineSpec& spec);

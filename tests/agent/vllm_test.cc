@@ -398,6 +398,9 @@ TEST(PromFamilyFilterTest, BadInputIsStillRejectedAtItsLine) {
   EXPECT_FALSE(vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n"
                                   "other-metric 1\n")
                    .ok());
+  EXPECT_FALSE(vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n"
+                                  "other_metric\n")
+                   .ok());
   // A bucket of a histogram that is read still needs its `le` (its TYPE line is kept).
   EXPECT_FALSE(vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n"
                                   "# TYPE vllm:time_to_first_token_seconds histogram\n"
