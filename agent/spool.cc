@@ -439,7 +439,6 @@ void Spool::SealActive() {
 }
 
 void Spool::Push(v1::Frame frame) {
-  auto log = Logger("spool");
   std::string payload;
   const bool ours = frame.node_id() == options_.node_id && frame.boot_id() == options_.boot_id;
   if (ours) frame.SerializeToString(&payload);
@@ -447,9 +446,9 @@ void Spool::Push(v1::Frame frame) {
   const uint64_t last = highest_.count(options_.boot_id) ? highest_[options_.boot_id] : 0;
   if (!ours || frame.seq() <= last || payload.empty() || payload.size() > kMaxRecordBytes) {
     ++stats_.rejected_pushes;
-    log->warn("spool: refused frame {}/{}/{} (expected node {}, boot {}, seq above {})",
-              frame.node_id(), frame.boot_id(), frame.seq(), options_.node_id, options_.boot_id,
-              last);
+    Logger("spool")->warn("spool: refused frame {}/{}/{} (expected node {}, boot {}, seq above {})",
+                          frame.node_id(), frame.boot_id(), frame.seq(), options_.node_id,
+                          options_.boot_id, last);
     return;
   }
   std::string record;
@@ -467,8 +466,8 @@ void Spool::Push(v1::Frame frame) {
       ++stats_.write_errors;
       ++stats_.evicted;
       acks_dirty_ = acks_urgent_ = true;
-      log->error("node {}: frame seq {} dropped: {}", options_.node_id, frame.seq(),
-                 std::string(s.message()));
+      Logger("spool")->error("node {}: frame seq {} dropped: {}", options_.node_id, frame.seq(),
+                             std::string(s.message()));
       return;
     }
   }
@@ -480,11 +479,11 @@ void Spool::Push(v1::Frame frame) {
     acks_dirty_ = acks_urgent_ = true;
     // Cut the partial record so the segment stays well formed; appends move to a new segment.
     if (::ftruncate(seg.fd, static_cast<off_t>(seg.bytes)) != 0) {
-      log->warn("spool: cannot truncate {}: {}", seg.path, Errno());
+      Logger("spool")->warn("spool: cannot truncate {}: {}", seg.path, Errno());
     }
     SealActive();
-    log->error("node {}: frame seq {} dropped: write {}: {}", options_.node_id, frame.seq(),
-               seg.path, why);
+    Logger("spool")->error("node {}: frame seq {} dropped: write {}: {}", options_.node_id,
+                           frame.seq(), seg.path, why);
     return;
   }
   Append(seg, Record{options_.boot_id, frame.seq(), seg.bytes + kRecordHeaderBytes,
@@ -618,22 +617,22 @@ std::vector<v1::Frame> Spool::AfterInBoot(const std::string& boot_id, uint64_t a
 }
 
 void Spool::Ack(const std::string& boot_id, uint64_t seq) {
-  auto log = Logger("spool");
   auto hi = highest_.find(boot_id);
   if (hi == highest_.end()) {
     ++stats_.ignored_acks;
-    log->warn("spool: ack for unknown boot {} (seq {}) ignored", boot_id, seq);
+    Logger("spool")->warn("spool: ack for unknown boot {} (seq {}) ignored", boot_id, seq);
     return;
   }
   const uint64_t current = acked_.count(boot_id) ? acked_[boot_id] : 0;
   if (seq <= current) {
     ++stats_.ignored_acks;
-    log->debug("spool: ack {}/{} at or below {} ignored", boot_id, seq, current);
+    Logger("spool")->debug("spool: ack {}/{} at or below {} ignored", boot_id, seq, current);
     return;
   }
   if (seq > hi->second) {
     ++stats_.clamped_acks;
-    log->warn("spool: ack {}/{} beyond the last spooled seq {}; clamped", boot_id, seq, hi->second);
+    Logger("spool")->warn("spool: ack {}/{} beyond the last spooled seq {}; clamped", boot_id, seq,
+                          hi->second);
     seq = hi->second;
     if (seq <= current) return;
   }
@@ -743,12 +742,11 @@ void Spool::Sync(bool all) {
     sync_dir = dir_dirty_;
     dir_dirty_ = false;
   }
-  auto log = Logger("spool");
   bool synced_ok = true;
   for (int fd : fds) {
     if (::fdatasync(fd) != 0) {
       synced_ok = false;
-      log->error("spool {}: fdatasync: {}", options_.dir, Errno());
+      Logger("spool")->error("spool {}: fdatasync: {}", options_.dir, Errno());
     }
     ::close(fd);
   }
@@ -757,7 +755,7 @@ void Spool::Sync(bool all) {
     absl::Status s = WriteFileAtomically((fs::path(options_.dir) / kAckFile).string(), ack_text);
     if (!s.ok()) {
       acks_ok = false;
-      log->error("spool {}: {}", options_.dir, std::string(s.message()));
+      Logger("spool")->error("spool {}: {}", options_.dir, std::string(s.message()));
     }
     sync_dir = true;
   }

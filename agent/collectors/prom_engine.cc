@@ -1,7 +1,11 @@
 #include "agent/collectors/prom_engine.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -79,15 +83,121 @@ std::string Basename(std::string_view path) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<ModelReading>> ParsePromEngineMetrics(const PromEngineSpec& spec,
-                                                                 std::string_view body,
-                                                                 DetectedNames* detected) {
-  absl::StatusOr<prom::Exposition> parsed = prom::Parse(body);
+PromFamilyFilter::PromFamilyFilter(const PromEngineSpec& spec) {
+  for (const Aliases* scalar :
+       {&spec.decode_tokens, &spec.prefill_tokens, &spec.requests_running, &spec.requests_waiting,
+        &spec.waiting_by_reason, &spec.kv_cache_usage, &spec.prefix_cache_queries,
+        &spec.prefix_cache_hits, &spec.preemptions}) {
+    for (std::string_view name : *scalar) names_.emplace_back(name);
+  }
+  for (const Aliases* histogram : {&spec.ttft, &spec.tpot, &spec.e2e, &spec.queue}) {
+    for (std::string_view name : *histogram) {
+      for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+        names_.push_back(absl::StrCat(Av(name), suffix));
+      }
+    }
+  }
+  std::sort(names_.begin(), names_.end());
+  names_.erase(std::unique(names_.begin(), names_.end()), names_.end());
+}
+
+bool PromFamilyFilter::Reads(std::string_view name) const {
+  return std::binary_search(names_.begin(), names_.end(), name, std::less<>());
+}
+
+bool PromFamilyFilter::ReadsFamily(std::string_view name) const {
+  // Names that start with `name` sort from its lower bound on.
+  auto it = std::lower_bound(names_.begin(), names_.end(), name, std::less<>());
+  return it != names_.end() && std::string_view(*it).substr(0, name.size()) == name;
+}
+
+bool PromFamilyFilter::Keep(std::string_view line) const {
+  // The parser's own rules for where a name starts and ends (common/prom_text.cc).
+  auto blank = [](char c) { return c == ' ' || c == '\t'; };
+  auto name_start = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+  };
+  auto skip_blanks = [&](std::string_view& s) {
+    while (!s.empty() && blank(s.front())) s.remove_prefix(1);
+  };
+  auto take_name = [&](std::string_view& s) -> std::string_view {
+    if (s.empty() || !name_start(s.front())) return {};
+    size_t n = 1;
+    while (n < s.size() && (name_start(s[n]) || (s[n] >= '0' && s[n] <= '9'))) ++n;
+    std::string_view name = s.substr(0, n);
+    s.remove_prefix(n);
+    return name;
+  };
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  while (!line.empty() && blank(line.back())) line.remove_suffix(1);
+  skip_blanks(line);
+  if (line.empty()) return false;
+  if (line.front() == '#') {
+    line.remove_prefix(1);
+    skip_blanks(line);
+    size_t n = 0;
+    while (n < line.size() && !blank(line[n])) ++n;
+    const std::string_view keyword = line.substr(0, n);
+    if (keyword != "HELP" && keyword != "TYPE") return false;  // a plain comment
+    line.remove_prefix(n);
+    skip_blanks(line);
+    const std::string_view name = take_name(line);
+    if (name.empty() || (!line.empty() && !blank(line.front()))) return true;  // the parser's error
+    return ReadsFamily(name);
+  }
+  const std::string_view name = take_name(line);
+  // Without a name, a value, or a blank or '{' after the name: the parser's error.
+  if (name.empty() || line.empty() || (!blank(line.front()) && line.front() != '{')) return true;
+  return Reads(name);
+}
+
+void PromFamilyFilter::Apply(std::string* text) const {
+  std::string& s = *text;
+  size_t out = 0;  // never past pos: lines only move towards the front
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t end = s.find('\n', pos);
+    const bool newline = end != std::string::npos;
+    if (!newline) end = s.size();
+    if (Keep(std::string_view(s).substr(pos, end - pos))) {
+      if (out != pos) std::memmove(s.data() + out, s.data() + pos, end - pos);
+      out += end - pos;
+    }
+    if (newline) s[out++] = '\n';
+    pos = end + 1;
+  }
+  s.resize(out);
+}
+
+namespace {
+
+absl::StatusOr<prom::Exposition> ParseKept(const PromFamilyFilter& filter, std::string* text) {
+  filter.Apply(text);
+  absl::StatusOr<prom::Exposition> parsed = prom::Parse(*text);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("not Prometheus text (", parsed.status().message(), ")"));
   }
-  const prom::Exposition& e = *parsed;
+  return parsed;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ModelReading>> ParsePromEngineMetrics(const PromEngineSpec& spec,
+                                                                 std::string_view body,
+                                                                 DetectedNames* detected,
+                                                                 const PromFamilyFilter* filter) {
+  std::optional<PromFamilyFilter> own;
+  if (filter == nullptr) filter = &own.emplace(spec);
+  std::string text(body);
+  absl::StatusOr<prom::Exposition> parsed = ParseKept(*filter, &text);
+  if (!parsed.ok()) return parsed.status();
+  return ReadPromEngineExposition(spec, *parsed, detected);
+}
+
+absl::StatusOr<std::vector<ModelReading>> ReadPromEngineExposition(const PromEngineSpec& spec,
+                                                                   const prom::Exposition& e,
+                                                                   DetectedNames* detected) {
   DetectedNames names;
   names.decode_tokens = Detect(e, spec.decode_tokens);
   if (names.decode_tokens.empty()) {
@@ -164,7 +274,11 @@ absl::StatusOr<std::vector<ModelReading>> ParsePromEngineMetrics(const PromEngin
 
 PromEngineCollector::PromEngineCollector(EngineConfig config, v1::EngineKind kind,
                                          PromEngineSpec spec)
-    : config_(std::move(config)), kind_(kind), spec_(std::move(spec)), http_(config_.url) {}
+    : config_(std::move(config)),
+      kind_(kind),
+      spec_(std::move(spec)),
+      filter_(spec_),
+      http_(config_.url) {}
 
 EngineReading PromEngineCollector::Unavailable(std::string reason) {
   ++failed_reads_;
@@ -186,8 +300,13 @@ EngineReading PromEngineCollector::Read() {
                                     metrics->status == 404 ? Av(spec_.hint_metrics_404) : ""));
   }
   DetectedNames names;
-  absl::StatusOr<std::vector<ModelReading>> models =
-      ParsePromEngineMetrics(spec_, metrics->body, &names);
+  absl::StatusOr<std::vector<ModelReading>> models;
+  // The body is filtered where it lies: no copy of the exposition.
+  if (absl::StatusOr<prom::Exposition> e = ParseKept(filter_, &metrics->body); e.ok()) {
+    models = ReadPromEngineExposition(spec_, *e, &names);
+  } else {
+    models = e.status();
+  }
   if (!models.ok()) return Unavailable(absl::StrCat("GET /metrics: ", models.status().message()));
 
   // Without a model_name label, the first model the server lists names the series.

@@ -2,8 +2,10 @@
 
 #include <string>
 
+#include "agent/collectors/sglang.h"
 #include "agent/window.h"
 #include "common/clock.h"
+#include "common/prom_text.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/replay_server.h"
@@ -283,6 +285,131 @@ TEST_F(VllmCollectorTest, ModelFromListWithoutLabel) {
   r = c.Read();
   ASSERT_TRUE(r.available) << r.unavailable_reason;
   EXPECT_EQ(r.models[0].model, "llama-3-8b");
+}
+
+void ExpectSameHistogram(const std::optional<prom::Histogram>& want,
+                         const std::optional<prom::Histogram>& got, const std::string& what) {
+  ASSERT_EQ(want.has_value(), got.has_value()) << what;
+  if (!want.has_value()) return;
+  EXPECT_EQ(want->buckets, got->buckets) << what;
+  EXPECT_EQ(want->sum, got->sum) << what;
+  EXPECT_EQ(want->count, got->count) << what;
+}
+
+// The lines the filter keeps give exactly the readings of the whole exposition.
+TEST(PromFamilyFilterTest, SameReadingsAsTheWholeExpositionOnRealCaptures) {
+  struct Case {
+    PromEngineSpec spec;
+    const char* fixture;
+  };
+  const Case cases[] = {
+      {vllm::Spec(), kOld},
+      {vllm::Spec(), kNew},
+      {sglang::Spec(), "sglang/metrics_docs_example_v0.4era.txt"},
+      {sglang::Spec(), "sglang/metrics_v0.5.10.post1_datadog_trimmed.txt"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.fixture);
+    absl::StatusOr<std::string> body = ReadFixture(c.fixture);
+    ASSERT_TRUE(body.ok()) << body.status();
+    absl::StatusOr<prom::Exposition> whole = prom::Parse(*body);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    DetectedNames want_names;
+    absl::StatusOr<std::vector<ModelReading>> want =
+        ReadPromEngineExposition(c.spec, *whole, &want_names);
+    ASSERT_TRUE(want.ok()) << want.status();
+    DetectedNames names;
+    absl::StatusOr<std::vector<ModelReading>> got = ParsePromEngineMetrics(c.spec, *body, &names);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(want->size(), got->size());
+    for (size_t i = 0; i < want->size(); ++i) {
+      const ModelReading& w = (*want)[i];
+      const ModelReading& g = (*got)[i];
+      EXPECT_EQ(w.model, g.model);
+      EXPECT_EQ(w.decode_tokens_total, g.decode_tokens_total);
+      EXPECT_EQ(w.prefill_tokens_total, g.prefill_tokens_total);
+      EXPECT_EQ(w.requests_running, g.requests_running);
+      EXPECT_EQ(w.requests_waiting, g.requests_waiting);
+      EXPECT_EQ(w.requests_waiting_capacity, g.requests_waiting_capacity);
+      EXPECT_EQ(w.kv_cache_usage, g.kv_cache_usage);
+      EXPECT_EQ(w.prefix_cache_queries_total, g.prefix_cache_queries_total);
+      EXPECT_EQ(w.prefix_cache_hits_total, g.prefix_cache_hits_total);
+      EXPECT_EQ(w.preemptions_total, g.preemptions_total);
+      ExpectSameHistogram(w.ttft_histogram, g.ttft_histogram, "ttft");
+      ExpectSameHistogram(w.tpot_histogram, g.tpot_histogram, "tpot");
+      ExpectSameHistogram(w.e2e_histogram, g.e2e_histogram, "e2e");
+      ExpectSameHistogram(w.queue_histogram, g.queue_histogram, "queue");
+    }
+    EXPECT_EQ(want_names.decode_tokens, names.decode_tokens);
+    EXPECT_EQ(want_names.tpot, names.tpot);
+    EXPECT_EQ(want_names.kv_cache_usage, names.kv_cache_usage);
+    EXPECT_EQ(want_names.prefix_cache_hits, names.prefix_cache_hits);
+
+    // Exactly the samples the spec reads are kept, and nothing else.
+    const PromFamilyFilter filter(c.spec);
+    std::string text = *body;
+    filter.Apply(&text);
+    absl::StatusOr<prom::Exposition> kept = prom::Parse(text);
+    ASSERT_TRUE(kept.ok()) << kept.status();
+    size_t read = 0;
+    for (const prom::Sample& s : whole->samples) read += filter.Reads(s.name) ? 1 : 0;
+    EXPECT_EQ(kept->samples.size(), read);
+    for (const prom::Sample& s : kept->samples) EXPECT_TRUE(filter.Reads(s.name)) << s.name;
+  }
+}
+
+TEST(PromFamilyFilterTest, KeepsTheLinesThatAreRead) {
+  const PromFamilyFilter filter(vllm::Spec());
+  std::string text =
+      "# HELP vllm:generation_tokens_total Tokens.\n"
+      "# TYPE vllm:generation_tokens_total counter\n"
+      "vllm:generation_tokens_total{model_name=\"m\"} 5\n"
+      "# HELP python_gc_objects_collected_total Objects.\n"
+      "python_gc_objects_collected_total{generation=\"0\"} 1\r\n"
+      "# a comment\n"
+      "\n"
+      "# TYPE vllm:time_to_first_token_seconds histogram\n"
+      "vllm:time_to_first_token_seconds_bucket{le=\"+Inf\",model_name=\"m\"} 2\n"
+      "vllm:time_to_first_token_seconds_created{model_name=\"m\"} 1.7e9\n"
+      "vllm:generation_tokens_total_extra 1";
+  filter.Apply(&text);
+  EXPECT_EQ(text,
+            "# HELP vllm:generation_tokens_total Tokens.\n"
+            "# TYPE vllm:generation_tokens_total counter\n"
+            "vllm:generation_tokens_total{model_name=\"m\"} 5\n"
+            "\n\n\n\n"
+            "# TYPE vllm:time_to_first_token_seconds histogram\n"
+            "vllm:time_to_first_token_seconds_bucket{le=\"+Inf\",model_name=\"m\"} 2\n"
+            "\n");
+}
+
+TEST(PromFamilyFilterTest, BadInputIsStillRejectedAtItsLine) {
+  // A malformed line of a family that is read: the error names its line, as without the filter.
+  absl::StatusOr<std::vector<ModelReading>> r = vllm::ParseMetrics(
+      "# HELP other_metric Other.\n"
+      "other_metric{a=\"b\"} 1\n"
+      "vllm:generation_tokens_total{model_name=\"m\" 5\n");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("line 3"));
+  // A line that is neither a sample nor a comment is kept, so the parser rejects it.
+  r = vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n<html>\n");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("line 2"));
+  EXPECT_FALSE(vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n"
+                                  "other-metric 1\n")
+                   .ok());
+  EXPECT_FALSE(vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n"
+                                  "other_metric\n")
+                   .ok());
+  // A bucket of a histogram that is read still needs its `le` (its TYPE line is kept).
+  EXPECT_FALSE(vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n"
+                                  "# TYPE vllm:time_to_first_token_seconds histogram\n"
+                                  "vllm:time_to_first_token_seconds_bucket{model_name=\"m\"} 1\n")
+                   .ok());
+  // The lines of a family that is not read are checked for their name only.
+  EXPECT_TRUE(vllm::ParseMetrics("vllm:generation_tokens_total{model_name=\"m\"} 5\n"
+                                 "other_metric{a=\"b\" x\n")
+                  .ok());
 }
 
 }  // namespace

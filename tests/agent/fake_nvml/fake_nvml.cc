@@ -58,13 +58,17 @@ Scenario Parse() {
 }
 
 // The scenario, re-read on every call so tests can change it between reads; with
-// FLEETWES_FAKE_NVML_STATIC set (benchmarks) read once, so the fake's own parsing does not count
-// as the agent's cost.
-Scenario Load() {
+// FLEETWES_FAKE_NVML_STATIC set (benchmarks) read once and never copied, so the fake's own work
+// does not count as the agent's cost. Valid until the calling thread's next Load().
+const Scenario& Load() {
   static const bool kStatic = std::getenv("FLEETWES_FAKE_NVML_STATIC") != nullptr;
-  if (!kStatic) return Parse();
-  static const Scenario* const kOnce = new Scenario(Parse());
-  return *kOnce;
+  if (kStatic) {
+    static const Scenario* const kOnce = new Scenario(Parse());
+    return *kOnce;
+  }
+  thread_local Scenario fresh;
+  fresh = Parse();
+  return fresh;
 }
 
 // Devices are handles 1..N cast to pointers.
@@ -72,7 +76,7 @@ struct Device;
 int Index(Device* d) { return static_cast<int>(reinterpret_cast<intptr_t>(d)) - 1; }
 
 int Value(Device* d, const char* key, unsigned long long* out) {
-  Scenario s = Load();
+  const Scenario& s = Load();
   int i = Index(d);
   if (i < 0 || i >= static_cast<int>(s.gpus.size())) return kInvalidArgument;
   const auto& v = s.gpus[i].values;
@@ -122,7 +126,7 @@ constexpr int kInsufficientSize = 7;
 // Fills `infos` (capacity *count) from the GPU's "procs" value, NVML style.
 template <typename Info>
 int Processes(Device* d, unsigned* count, Info* infos) {
-  Scenario s = Load();
+  const Scenario& s = Load();
   int i = Index(d);
   if (i < 0 || i >= static_cast<int>(s.gpus.size())) return kInvalidArgument;
   auto it = s.gpus[i].values.find("procs");
@@ -175,10 +179,10 @@ int nvmlShutdown() {
 }
 const char* nvmlErrorString(int) { return "fake"; }
 int nvmlDeviceGetName(Device* d, char* name, unsigned length) {
-  Scenario s = Load();
+  const Scenario& s = Load();
   int i = Index(d);
   if (i < 0 || i >= static_cast<int>(s.gpus.size())) return kInvalidArgument;
-  std::string n = s.gpus[i].values.count("name") ? s.gpus[i].values["name"] : "Fake GPU";
+  std::string n = s.gpus[i].values.count("name") ? s.gpus[i].values.at("name") : "Fake GPU";
   if (n.size() + 1 > length) return kInvalidArgument;
   std::memcpy(name, n.c_str(), n.size() + 1);
   return kSuccess;
