@@ -2,9 +2,9 @@
 // real gRPC server on 127.0.0.1:0: schema version 3 upgrade, the event hub's writer, filters,
 // WatchLeaderboard (first board, coalesced updates with events, cancel, shutdown), Profile and
 // History with a step, and the HTTP routes.
+#include <gmock/gmock.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
