@@ -222,6 +222,13 @@ void CopyBinary(pqxx::work& tx, pqxx::connection& conn, const std::string& table
   if (!message.empty()) ThrowCopyError(pg, message, state, query);
 }
 
+// The WES null reason column: NULL when the WES has a value.
+sql::BinaryCopy& NullReason(sql::BinaryCopy& out, const v1::Wes& w) {
+  if (w.has_raw()) return out.Null();
+  const std::string_view reason = WesNullReasonName(w.null_reason());
+  return out.Text(absl::string_view(reason.data(), reason.size()));
+}
+
 void FrameBinary(sql::BinaryCopy& out, const FrameRecord& r) {
   const v1::Frame& f = *r.frame;
   const v1::Wes& w = f.node_wes();
@@ -240,13 +247,8 @@ void FrameBinary(sql::BinaryCopy& out, const FrameRecord& r) {
       .OptionalDouble(w.has_raw(), w.raw())
       .OptionalDouble(w.has_penalized(), w.penalized())
       .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
-  if (w.has_raw()) {
-    out.Null();
-  } else {
-    const std::string_view reason = WesNullReasonName(w.null_reason());
-    out.Text(absl::string_view(reason.data(), reason.size()));
-  }
-  out.Int16(f.thermal_state())
+  NullReason(out, w)
+      .Int16(f.thermal_state())
       .Bool(s.memory_pressure())
       .OptionalDouble(s.has_swap_in_pages_per_s(), s.swap_in_pages_per_s())
       .OptionalDouble(s.has_swap_out_pages_per_s(), s.swap_out_pages_per_s())
@@ -288,13 +290,7 @@ void ModelBinary(sql::BinaryCopy& out, const v1::Frame& f, const v1::ModelSample
       .OptionalDouble(w.has_raw(), w.raw())
       .OptionalDouble(w.has_penalized(), w.penalized())
       .OptionalDouble(w.has_thermal_cost_pct(), w.thermal_cost_pct());
-  if (w.has_raw()) {
-    out.Null();
-  } else {
-    const std::string_view reason = WesNullReasonName(w.null_reason());
-    out.Text(absl::string_view(reason.data(), reason.size()));
-  }
-  out.Int16(w.thermal_state());
+  NullReason(out, w).Int16(w.thermal_state());
 }
 
 void DeviceBinary(sql::BinaryCopy& out, const v1::Frame& f, const v1::Device& d) {
