@@ -78,9 +78,9 @@ struct LeaderboardConfig {
 // Router.Pick (docs/api.md, "Router").
 struct RouterConfig {
   // Period of the route table refresh: a change to a model's nodes reaches Pick within it (plus
-  // the time one refresh takes). Default 100ms; 0..10s (0: a call rebuilds its model's table
+  // the time one refresh takes). Default 500ms; 0..10s (0: a call rebuilds its model's table
   // when the nodes changed).
-  absl::Duration table_refresh = absl::Milliseconds(100);
+  absl::Duration table_refresh = absl::Milliseconds(500);
   // Threads answering Pick, each on its own gRPC completion queue, inline (no hand-off to
   // another thread). Default 1; 0..64 (0: answered on gRPC's own callback threads instead).
   int64_t threads = 1;

@@ -47,8 +47,8 @@ namespace fleetwes::aggregator {
 
 struct RouterOptions {
   // Period of the table refresh, and so how long a change to a model's nodes may go unseen by
-  // Pick (docs/api.md). Default 100ms; 0: no refresh thread, calls rebuild changed tables.
-  absl::Duration table_refresh = absl::Milliseconds(100);
+  // Pick (docs/api.md). Default 500ms; 0: no refresh thread, calls rebuild changed tables.
+  absl::Duration table_refresh = absl::Milliseconds(500);
   // Completion-queue threads answering Pick over gRPC (docs/api.md). Default 1; 0..64 (0: a
   // callback service instead, answered on gRPC's own threads).
   int threads = 1;

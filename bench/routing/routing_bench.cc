@@ -99,7 +99,7 @@ ABSL_FLAG(std::string, client_phases, "standard",
 ABSL_FLAG(int, router_threads, -1,
           "the service's completion-queue threads (RouterOptions::threads; 0: the callback "
           "service, answered on gRPC's threads); -1: the service's default");
-ABSL_FLAG(int, table_refresh_ms, 100,
+ABSL_FLAG(int, table_refresh_ms, 500,
           "the service's route table refresh period (RouterOptions::table_refresh); 0: calls "
           "rebuild changed tables");
 

@@ -26,7 +26,8 @@ options:
   --mode ranked|one      Pick mode (default ranked)
   --churn                also measure p50/p99 at the same rate while each fresh node's frame is
                          applied again every 2 s (the route tables change all the time)
-  --table-refresh-ms N   the router's table refresh period (default 100; 0: rebuilt by calls)
+  --table-refresh-ms N   the router's table refresh period (default 500, the service's; 0: rebuilt
+                         by calls)
   --router-threads N     the router's completion-queue threads (router.threads; default: the
                          service's default, 1; 0: the callback service on gRPC's threads)
   --client process|thread  the load client in a process of its own (default) or in the
@@ -47,7 +48,7 @@ outstanding=64
 duration=5
 mode=ranked
 churn=false
-table_refresh_ms=100
+table_refresh_ms=500
 router_threads=-1
 client=process
 build="$root/build/bench"

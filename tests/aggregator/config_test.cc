@@ -34,7 +34,7 @@ TEST(ConfigTest, EmptyDocumentGivesTheDefaults) {
   EXPECT_EQ(c->retention.events_days, 30);
   EXPECT_EQ(c->retention.check_interval, absl::Hours(1));
   EXPECT_EQ(c->retention.days_ahead, 2);
-  EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(100));
+  EXPECT_EQ(c->router.table_refresh, absl::Milliseconds(500));
   EXPECT_EQ(c->leaderboard.max_watchers, 64);
   EXPECT_EQ(c->router.threads, 1);
 }
