@@ -171,14 +171,17 @@ void PromFamilyFilter::Apply(std::string* text) const {
 
 namespace {
 
-absl::StatusOr<prom::Exposition> ParseKept(const PromFamilyFilter& filter, std::string* text) {
+// Filters `text` in place, parses what is kept and reads the spec's values from it.
+absl::StatusOr<std::vector<ModelReading>> ParseKept(const PromEngineSpec& spec,
+                                                    const PromFamilyFilter& filter,
+                                                    std::string* text, DetectedNames* detected) {
   filter.Apply(text);
   absl::StatusOr<prom::Exposition> parsed = prom::Parse(*text);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("not Prometheus text (", parsed.status().message(), ")"));
   }
-  return parsed;
+  return ReadPromEngineExposition(spec, *parsed, detected);
 }
 
 }  // namespace
@@ -190,9 +193,7 @@ absl::StatusOr<std::vector<ModelReading>> ParsePromEngineMetrics(const PromEngin
   std::optional<PromFamilyFilter> own;
   if (filter == nullptr) filter = &own.emplace(spec);
   std::string text(body);
-  absl::StatusOr<prom::Exposition> parsed = ParseKept(*filter, &text);
-  if (!parsed.ok()) return parsed.status();
-  return ReadPromEngineExposition(spec, *parsed, detected);
+  return ParseKept(spec, *filter, &text, detected);
 }
 
 absl::StatusOr<std::vector<ModelReading>> ReadPromEngineExposition(const PromEngineSpec& spec,
@@ -300,13 +301,9 @@ EngineReading PromEngineCollector::Read() {
                                     metrics->status == 404 ? Av(spec_.hint_metrics_404) : ""));
   }
   DetectedNames names;
-  absl::StatusOr<std::vector<ModelReading>> models;
   // The body is filtered where it lies: no copy of the exposition.
-  if (absl::StatusOr<prom::Exposition> e = ParseKept(filter_, &metrics->body); e.ok()) {
-    models = ReadPromEngineExposition(spec_, *e, &names);
-  } else {
-    models = e.status();
-  }
+  absl::StatusOr<std::vector<ModelReading>> models =
+      ParseKept(spec_, filter_, &metrics->body, &names);
   if (!models.ok()) return Unavailable(absl::StrCat("GET /metrics: ", models.status().message()));
 
   // Without a model_name label, the first model the server lists names the series.
