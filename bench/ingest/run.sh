@@ -13,9 +13,18 @@
 # PostgreSQL (all its processes).
 # Then the ceiling: the rows just written are exported with psql's \copy, the tables emptied, and
 # the same rows loaded back with psql's \copy in one transaction; rows/s of that load is the
-# ceiling. Ends with one JSON line:
+# ceiling.
+# Then the transport phase (unless --no-transport): PostgreSQL stopped, the same load generator
+# with as many nodes (streams) offering 3x the load (the interval divided by 3) against
+# fleetwes-ingest-echo, the aggregator's gRPC set-up acknowledging every frame as soon as it is
+# read and storing nothing. Once every stream is open and after its own warm-up: acknowledged
+# frames/s over its own measured span, and the CPU of the echo server and of the load generator
+# per acknowledged frame: what gRPC alone costs on this machine.
+# Ends with one JSON line:
 #   {"frames_per_s":..,"ack_p50_ms":..,"ack_p99_ms":..,"rows_per_s":..,
-#    "copy_ceiling_rows_per_s":..,"ratio":..}   (ratio = rows_per_s / copy_ceiling_rows_per_s)
+#    "copy_ceiling_rows_per_s":..,"ratio":..,...,"loadgen_cpu_us_per_frame":..,
+#    "transport_frames_per_s":..,"transport_server_cpu_us_per_frame":..,
+#    "transport_loadgen_cpu_us_per_frame":..}   (ratio = rows_per_s / copy_ceiling_rows_per_s)
 set -Eeuo pipefail
 
 usage() {
@@ -32,6 +41,9 @@ options:
   --frames-copy MODE   the aggregator's writer.frames_copy: direct (default) or staged
   --batch-frames N     the aggregator's writer.max_batch_frames (default: its default)
   --connections N      the aggregator's writer.connections (default: its default)
+  --no-transport       skip the transport phase (its JSON fields are then null)
+  --transport-nodes N  simulated nodes of the transport phase (default: --nodes)
+  --transport-factor F its offered load per node: the interval divided by F (default 3)
   --keep               keep the PostgreSQL cluster and logs (printed at the end)
   -h, --help           this help
 EOF
@@ -50,6 +62,9 @@ keep=0
 frames_copy=direct
 batch_frames=""
 connections=""
+transport=1
+transport_nodes=""
+transport_factor=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
@@ -59,6 +74,9 @@ while [ $# -gt 0 ]; do
     --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     --keep) keep=1 ;;
+    --no-transport) transport=0 ;;
+    --transport-nodes) need_number "$1" "${2:-}" 1; transport_nodes=$2; shift ;;
+    --transport-factor) need_number "$1" "${2:-}" 1; transport_factor=$2; shift ;;
     --frames-copy)
       case "${2:-}" in direct|staged) frames_copy=$2 ;; *) die "--frames-copy needs direct or staged" ;; esac
       shift ;;
@@ -70,15 +88,22 @@ while [ $# -gt 0 ]; do
   shift
 done
 bin="$build/bin"
-bench_build "$build" "$skip_build" fleetwes-aggregator fleetwes-loadgen
+[ -n "$transport_nodes" ] || transport_nodes=$nodes
+transport_interval_ms=$((interval * 1000 / transport_factor))
+[ "$transport_interval_ms" -ge 10 ] || die "--transport-factor: the interval would be under 10 ms"
+targets=(fleetwes-aggregator fleetwes-loadgen)
+[ "$transport" -eq 0 ] || targets+=(fleetwes-ingest-echo)
+bench_build "$build" "$skip_build" "${targets[@]}"
 
 work=$(mktemp -d /var/tmp/fleetwes-bench-ingest.XXXXXX)
 chmod 755 "$work"
 pgdir="$work/pg"
 agg_pid=""
 load_pid=""
+echo_pid=""
 cleanup() {
   [ -z "$load_pid" ] || kill "$load_pid" 2>/dev/null || true
+  [ -z "$echo_pid" ] || kill "$echo_pid" 2>/dev/null || true
   [ -z "$agg_pid" ] || kill "$agg_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   "$root/deploy/pg-private.sh" stop "$pgdir" || true
@@ -157,8 +182,73 @@ EOF
 c1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
 
+# Transport phase. Its figures are "null" in the JSON line when skipped.
+e0=0 e1=0 el0=0 el1=0 ea0=0 ea1=0 et0=0 et1=0 open_s=0 streams=0
+if [ "$transport" -eq 1 ]; then
+  # Nothing else on the machine's cores from this benchmark: the database is done.
+  "$root/deploy/pg-private.sh" stop "$pgdir" >/dev/null
+  "$bin/fleetwes-ingest-echo" --port=0 --port_file="$work/echo.port" >"$work/echo.out" \
+    2>"$work/echo.log" &
+  echo_pid=$!
+  deadline=$((SECONDS + 30))
+  until [ -s "$work/echo.port" ]; do
+    kill -0 "$echo_pid" 2>/dev/null || { cat "$work/echo.log" >&2; die "fleetwes-ingest-echo exited"; }
+    [ $SECONDS -lt $deadline ] || die "fleetwes-ingest-echo did not listen within 30 s"
+    sleep 0.05
+  done
+  echo_port=$(cat "$work/echo.port")
+  # echo_counts: "<frames acknowledged so far> <open streams>" (the echo answers SIGUSR1).
+  echo_counts() {
+    local lines deadline
+    lines=$(wc -l <"$work/echo.out")
+    kill -USR1 "$echo_pid"
+    deadline=$((SECONDS + 10))
+    until [ "$(wc -l <"$work/echo.out")" -gt "$lines" ]; do
+      [ $SECONDS -lt $deadline ] || die "fleetwes-ingest-echo did not report its counts"
+      sleep 0.01
+    done
+    tail -n 1 "$work/echo.out" | sed -n 's/^acked=\([0-9]*\) streams=\([0-9]*\)$/\1 \2/p'
+  }
+  say "transport: fleetwes-loadgen with $transport_nodes nodes every ${transport_interval_ms}ms" \
+    "against fleetwes-ingest-echo on 127.0.0.1:$echo_port; every stream open, then ${warmup}s" \
+    "warm-up + ${duration}s measured"
+  # Runs until stopped after the measured span; the drain is short: the offered load exceeds
+  # what is acknowledged, so a backlog is expected.
+  "$bin/fleetwes-loadgen" --target="127.0.0.1:$echo_port" --nodes="$transport_nodes" \
+    --interval="${transport_interval_ms}ms" --duration=0 --drain_timeout=1s --log_level=warn \
+    -o json >"$work/transport-loadgen.json" 2>"$work/transport-loadgen.log" &
+  load_pid=$!
+  # Opening many streams takes a while on a busy machine; the measured span starts after it.
+  s0=$SECONDS
+  deadline=$((SECONDS + 300))
+  while read -r _ streams < <(echo_counts) && [ "$streams" -lt "$transport_nodes" ]; do
+    kill -0 "$load_pid" 2>/dev/null || { cat "$work/transport-loadgen.log" >&2; die "the load generator exited early"; }
+    [ $SECONDS -lt $deadline ] || { say "transport: only $streams streams open after 300 s; measuring anyway"; break; }
+    sleep 1
+  done
+  open_s=$((SECONDS - s0))
+  sleep "$warmup"
+  kill -0 "$load_pid" 2>/dev/null || { cat "$work/transport-loadgen.log" >&2; die "the load generator exited early"; }
+  read -r e0 _ < <(echo_counts); ea0=$(ticks "$echo_pid"); el0=$(ticks "$load_pid"); et0=$(date +%s.%N)
+  sleep "$duration"
+  read -r e1 streams < <(echo_counts); ea1=$(ticks "$echo_pid"); el1=$(ticks "$load_pid"); et1=$(date +%s.%N)
+  # Closing thousands of backlogged streams can take long on a busy machine: its summary (ack
+  # latency) is reported when it comes within 30 s; the measured figures do not depend on it.
+  kill -TERM "$load_pid"
+  deadline=$((SECONDS + 30))
+  while kill -0 "$load_pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+  kill -KILL "$load_pid" 2>/dev/null || true
+  wait "$load_pid" 2>/dev/null || true
+  load_pid=""
+  kill -TERM "$echo_pid"
+  wait "$echo_pid" 2>/dev/null || true
+  echo_pid=""
+fi
+
 python3 - "$work/loadgen.json" "$a0" "$a1" "$p0" "$p1" "$r0" "$r1" "$t0" "$t1" "$c0" "$c1" \
-  "$rows_total" "$hz" "$nodes" "$interval" "$f0" "$f1" "$l0" "$l1" <<'EOF'
+  "$rows_total" "$hz" "$nodes" "$interval" "$f0" "$f1" "$l0" "$l1" "$transport" "$transport_nodes" \
+  "$e0" "$e1" "$ea0" "$ea1" "$el0" "$el1" "$et0" "$et1" "$work/transport-loadgen.json" \
+  "$transport_interval_ms" "$open_s" "$streams" <<'EOF'
 import json, sys
 load = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 a0, a1, p0, p1, r0, r1 = (int(x) for x in sys.argv[2:8])
@@ -166,6 +256,10 @@ t0, t1, c0, c1 = (float(x) for x in sys.argv[8:12])
 rows_total, hz, nodes, interval = int(sys.argv[12]), int(sys.argv[13]), int(sys.argv[14]), int(sys.argv[15])
 f0, f1 = int(sys.argv[16]), int(sys.argv[17])
 l0, l1 = int(sys.argv[18]), int(sys.argv[19])
+transport, transport_nodes = int(sys.argv[20]) == 1, int(sys.argv[21])
+e0, e1, ea0, ea1, el0, el1 = (int(x) for x in sys.argv[22:28])
+et0, et1 = float(sys.argv[28]), float(sys.argv[29])
+transport_interval_ms, open_s, streams = (int(x) for x in sys.argv[31:34])
 span = t1 - t0
 rows_per_s = (r1 - r0) / span
 frames_per_s = (f1 - f0) / span
@@ -184,10 +278,30 @@ print(f"persisted over the measured {span:.1f} s: {frames_per_s:.0f} frames/s, "
 # CPU per persisted frame: steadier than rates on a machine shared with other work.
 agg_us = 1e6 * (a1 - a0) / hz / (f1 - f0) if f1 > f0 else 0.0
 pg_us = 1e6 * (p1 - p0) / hz / (f1 - f0) if f1 > f0 else 0.0
+load_us = 1e6 * (l1 - l0) / hz / (f1 - f0) if f1 > f0 else 0.0
 print(f"CPU (share of one core): aggregator {agg_pct:.0f} %, PostgreSQL {pg_pct:.0f} %, "
       f"load generator {load_pct:.0f} %; per persisted frame: aggregator {agg_us:.0f} us, "
-      f"PostgreSQL {pg_us:.0f} us", file=out)
+      f"PostgreSQL {pg_us:.0f} us, load generator {load_us:.0f} us", file=out)
 print(f"ceiling: {rows_total} rows by psql \\copy in {c1 - c0:.2f} s = {ceiling:.0f} rows/s", file=out)
+tr_fps = tr_server_us = tr_load_us = None
+if transport:
+    tr_span = et1 - et0
+    tr_fps = (e1 - e0) / tr_span
+    tr_server_us = 1e6 * (ea1 - ea0) / hz / (e1 - e0) if e1 > e0 else 0.0
+    tr_load_us = 1e6 * (el1 - el0) / hz / (e1 - e0) if e1 > e0 else 0.0
+    try:
+        tr = json.loads(open(sys.argv[30]).read().strip().splitlines()[-1])
+        tr_text = (f"ack p50 {tr['ack_p50_ms']:.1f} ms, p99 {tr['ack_p99_ms']:.1f} ms over its "
+                   f"whole run; streams ended with an error {tr['disconnects']}")
+    except (OSError, ValueError, IndexError, KeyError):
+        tr_text = "the load generator's summary did not come within 30 s of its stop"
+    print(f"transport: {transport_nodes} nodes every {transport_interval_ms} ms = "
+          f"{transport_nodes * 1000 / transport_interval_ms:.0f} frames/s offered to "
+          f"fleetwes-ingest-echo, {streams} streams open ({open_s} s to open them all); "
+          f"acknowledged over the measured {tr_span:.1f} s: {tr_fps:.0f} frames/s; CPU (share of "
+          f"one core): echo server {100.0 * (ea1 - ea0) / hz / tr_span:.0f} %, load generator "
+          f"{100.0 * (el1 - el0) / hz / tr_span:.0f} %; per acknowledged frame: echo server "
+          f"{tr_server_us:.0f} us, load generator {tr_load_us:.0f} us; {tr_text}", file=out)
 print(json.dumps({
     "frames_per_s": round(frames_per_s, 1),
     "ack_p50_ms": round(load["ack_p50_ms"], 2),
@@ -202,5 +316,11 @@ print(json.dumps({
     "loadgen_cpu_pct": round(load_pct, 1),
     "aggregator_cpu_us_per_frame": round(agg_us, 1),
     "postgres_cpu_us_per_frame": round(pg_us, 1),
+    "loadgen_cpu_us_per_frame": round(load_us, 1),
+    "transport_nodes": transport_nodes if transport else None,
+    "transport_interval_ms": transport_interval_ms if transport else None,
+    "transport_frames_per_s": round(tr_fps, 1) if transport else None,
+    "transport_server_cpu_us_per_frame": round(tr_server_us, 1) if transport else None,
+    "transport_loadgen_cpu_us_per_frame": round(tr_load_us, 1) if transport else None,
 }))
 EOF
