@@ -413,14 +413,11 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
       // Frames: the first occurrence of each key in the batch is offered to the database.
       std::map<FrameKey, size_t> first;
       std::vector<size_t> offered;
-      absl::flat_hash_map<absl::string_view, absl::Time> seen;
       for (size_t i = 0; i < frames.size(); ++i) {
         const v1::Frame& f = *frames[i]->frame;
         FrameKey key{f.node_id(), f.boot_id(), static_cast<int64_t>(f.seq())};
         if (!first.emplace(std::move(key), i).second) continue;
         offered.push_back(i);
-        absl::Time& t = seen[f.node_id()];
-        t = std::max(t, frames[i]->received_at);
       }
       CopyRows frame_rows;
       if (mode == Mode::kStaged) {
@@ -482,12 +479,41 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
       model_rows.Copy(tx, *conn_, "model_samples", ModelColumns());
       device_rows.Copy(tx, *conn_, "device_samples", DeviceColumns());
 
-      // nodes.last_seen moves in steps of kLastSeenStep: updating the row of every node on every
-      // frame cost about a quarter of the database's time per frame.
+      // nodes.last_seen: updating the row of every node on every frame cost about a quarter of
+      // the database's time per frame. A node's last receive time is the greater of last_seen
+      // and the received_at of its newest frame, so last_seen is written only when the batch's
+      // newest inserted frame of the node does not carry the batch's latest receive time (first
+      // frame through this store, a replay, a duplicate), or kLastSeenStep after the last write.
+      struct Seen {
+        absl::Time received = absl::InfinitePast();         // latest receive time in the batch
+        absl::Time newest_end = absl::InfinitePast();       // latest window_end inserted now
+        absl::Time newest_received = absl::InfinitePast();  // its receive time (ties: earliest)
+      };
+      absl::flat_hash_map<absl::string_view, Seen> seen;
+      for (size_t i = 0; i < frames.size(); ++i) {
+        const FrameRecord& r = *frames[i];
+        Seen& node = seen[r.frame->node_id()];
+        node.received = std::max(node.received, r.received_at);
+        if (!inserted[i]) continue;
+        const absl::Time end = FromProtoTime(r.frame->window_end());
+        if (end > node.newest_end) {
+          node.newest_end = end;
+          node.newest_received = r.received_at;
+        } else if (end == node.newest_end) {
+          node.newest_received = std::min(node.newest_received, r.received_at);
+        }
+      }
       std::vector<std::string> touch_rows;
-      for (const auto& [node_id, t] : seen) {
-        auto it = last_seen_written_.find(node_id);
-        if (it != last_seen_written_.end() && t < it->second + kLastSeenStep) continue;
+      for (const auto& [node_id, node] : seen) {
+        auto stored = stored_seq_.find(node_id);
+        const bool newest_carries_it = stored != stored_seq_.end() &&
+                                       node.newest_end > stored->second.newest_end &&
+                                       node.newest_received >= node.received;
+        auto written = last_seen_written_.find(node_id);
+        const bool step_due =
+            written == last_seen_written_.end() || node.received >= written->second + kLastSeenStep;
+        if (newest_carries_it && !step_due) continue;
+        const absl::Time t = node.received;
         touch_rows.push_back(absl::StrCat("(", tx.quote(std::string(node_id)), ",", sql::Time(t),
                                           ",", sql::Time(t), ")"));
         touched.emplace_back(node_id, t);
@@ -503,6 +529,7 @@ absl::StatusOr<std::vector<bool>> PgBatchStore::WriteOnce(
     for (const FrameRecord* r : frames) {
       const v1::Frame& f = *r->frame;
       StoredSeq& stored = stored_seq_[f.node_id()];
+      stored.newest_end = std::max(stored.newest_end, FromProtoTime(f.window_end()));
       if (stored.boot_id != f.boot_id()) {
         stored.boot_id = f.boot_id();
         stored.seq = static_cast<int64_t>(f.seq());

@@ -79,14 +79,16 @@ std::optional<double> Value(const pqxx::field& f) {
   return v;
 }
 
+// The last receive time is the greater of nodes.last_seen and the latest frame's received_at: the
+// writer leaves last_seen behind while the newest frame carries it (pg_batch_store.h).
 constexpr char kLoadNodes[] = R"sql(
 SELECT n.node_id, n.labels::text, n.agent_version, n.boot_id, COALESCE(n.interval_s, 0),
        (extract(epoch FROM n.first_seen) * 1000000)::bigint,
-       (extract(epoch FROM n.last_seen) * 1000000)::bigint,
+       (extract(epoch FROM GREATEST(n.last_seen, f.received_at)) * 1000000)::bigint,
        f.frame
 FROM nodes n
 LEFT JOIN LATERAL (
-  SELECT frame FROM frames WHERE frames.node_id = n.node_id
+  SELECT frame, received_at FROM frames WHERE frames.node_id = n.node_id
   ORDER BY window_end DESC LIMIT 1
 ) f ON true
 ORDER BY n.node_id

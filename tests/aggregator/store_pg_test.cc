@@ -79,8 +79,8 @@ TEST_F(StorePgTest, MigrationsApplyOnceAndAreIdempotent) {
   EXPECT_EQ(*second, 0);
   absl::StatusOr<std::vector<int>> versions = AppliedMigrations(*conn_);
   ASSERT_TRUE(versions.ok());
-  EXPECT_EQ(*versions, (std::vector<int>{1, 2, 3, 4}));
-  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM schema_migrations"), 4);
+  EXPECT_EQ(*versions, (std::vector<int>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM schema_migrations"), 5);
   for (const char* table :
        {"nodes", "frames", "model_samples", "device_samples", "events", "board_tracks"}) {
     EXPECT_EQ(Count(*conn_, std::string("SELECT count(*) FROM information_schema.tables WHERE "
@@ -90,13 +90,26 @@ TEST_F(StorePgTest, MigrationsApplyOnceAndAreIdempotent) {
         << table;
   }
   for (const char* index :
-       {"frames_node_id_window_end", "model_samples_model_window_end",
+       {"frames_pkey", "frames_window_end", "model_samples_model_window_end",
         "model_samples_node_id_window_end", "device_samples_node_id_window_end"}) {
     EXPECT_EQ(Count(*conn_, std::string("SELECT count(*) FROM pg_indexes WHERE indexname = '") +
                                 index + "'"),
               1)
         << index;
   }
+  // Version 5: the key leads with (node_id, window_end), so it serves a node's frames by time;
+  // the fleet-wide window_end index is a BRIN.
+  EXPECT_EQ(Count(*conn_,
+                  "SELECT count(*) FROM pg_indexes WHERE indexname = 'frames_pkey' AND indexdef "
+                  "LIKE '%(node_id, window_end, boot_id, seq)'"),
+            1);
+  EXPECT_EQ(Count(*conn_,
+                  "SELECT count(*) FROM pg_indexes WHERE indexname = 'frames_window_end' AND "
+                  "indexdef LIKE '%USING brin (window_end)'"),
+            1);
+  EXPECT_EQ(Count(*conn_,
+                  "SELECT count(*) FROM pg_indexes WHERE indexname = 'frames_node_id_window_end'"),
+            0);
 }
 
 TEST_F(StorePgTest, AFailingMigrationRollsBackAndIsNotRecorded) {
@@ -302,25 +315,63 @@ TEST_F(StorePgTest, AValueItsColumnCannotHoldIsRefused) {
   EXPECT_EQ(Count(*conn_, "SELECT count(*) FROM frames"), 1);
 }
 
-TEST_F(StorePgTest, LastSeenAdvancesInStepsWhileFramesArrive) {
+TEST_F(StorePgTest, LastSeenIsWrittenOnlyWhenTheNewestFrameDoesNotCarryIt) {
   ASSERT_TRUE(ApplyMigrations(*conn_).ok());
   PgBatchStore store(db().url());
-  auto last_seen = [&] {
+  PgReader reader(db().url());
+  auto column = [&] {
     return Count(*conn_, "SELECT extract(epoch FROM last_seen)::bigint FROM nodes");
   };
-  for (uint64_t seq = 1; seq <= 4; ++seq) {
-    FrameRecord r = Record(MakeFrame("studio-01", "boot-a", seq, T0() + absl::Seconds(2 * seq)));
-    r.received_at = T0() + absl::Seconds(2 * seq);
+  // The last receive time as a restart rebuilds it, in seconds after T0.
+  auto restored = [&]() -> int64_t {
+    absl::StatusOr<std::vector<StoredNode>> nodes = reader.LoadNodes();
+    if (!nodes.ok() || nodes->size() != 1) return -1;
+    return absl::ToInt64Seconds((*nodes)[0].last_seen - T0());
+  };
+  auto write = [&](const std::string& boot, uint64_t seq, int end_s, int received_s) {
+    FrameRecord r = Record(MakeFrame("studio-01", boot, seq, T0() + absl::Seconds(end_s)));
+    r.received_at = T0() + absl::Seconds(received_s);
     const FrameRecord* ptr = &r;
-    ASSERT_TRUE(store.WriteBatch({}, {&ptr, 1}).ok());
-    // Written at seq 1 (T0+2s), then again once 5 s have passed (seq 4, T0+8s).
-    EXPECT_EQ(last_seen(), absl::ToUnixSeconds(T0()) + (seq < 4 ? 2 : 8)) << seq;
+    absl::StatusOr<std::vector<bool>> result = store.WriteBatch({}, {&ptr, 1});
+    ASSERT_TRUE(result.ok()) << result.status();
+  };
+  const int64_t t0 = absl::ToUnixSeconds(T0());
+
+  write("boot-a", 1, 2, 2);  // the node's first frame through this store: written
+  EXPECT_EQ(column(), t0 + 2);
+  EXPECT_EQ(restored(), 2);
+  for (uint64_t seq = 2; seq <= 4; ++seq) {  // next frames in order: the newest frame carries it
+    write("boot-a", seq, 2 * static_cast<int>(seq), 2 * static_cast<int>(seq));
+    EXPECT_EQ(column(), t0 + 2) << seq;
+    EXPECT_EQ(restored(), 2 * static_cast<int64_t>(seq)) << seq;
   }
+  write("boot-a", 2, 4, 9);  // a duplicate received again: written
+  EXPECT_EQ(column(), t0 + 9);
+  EXPECT_EQ(restored(), 9);
+  write("boot-0", 7, 1, 10);  // a replay of an older window: written
+  EXPECT_EQ(column(), t0 + 10);
+  EXPECT_EQ(restored(), 10);
+  write("boot-a", 5, 11, 11);  // in order again
+  EXPECT_EQ(column(), t0 + 10);
+  EXPECT_EQ(restored(), 11);
+  write("boot-a", 6, 70, 70);  // 60 s after the last write: written for readers of the column
+  EXPECT_EQ(column(), t0 + 70);
+  EXPECT_EQ(restored(), 70);
+
+  // A new store (an aggregator restart) writes it with the node's first frame.
+  PgBatchStore restarted(db().url());
+  FrameRecord r = Record(MakeFrame("studio-01", "boot-a", 7, T0() + absl::Seconds(72)));
+  r.received_at = T0() + absl::Seconds(72);
+  const FrameRecord* ptr = &r;
+  ASSERT_TRUE(restarted.WriteBatch({}, {&ptr, 1}).ok());
+  EXPECT_EQ(column(), t0 + 72);
+
   // A Hello always writes it.
   NodeRecord node = Node("studio-01");
-  node.seen_at = T0() + absl::Seconds(9);
+  node.seen_at = T0() + absl::Seconds(80);
   ASSERT_TRUE(store.WriteBatch({&node, 1}, {}).ok());
-  EXPECT_EQ(last_seen(), absl::ToUnixSeconds(T0()) + 9);
+  EXPECT_EQ(column(), t0 + 80);
+  EXPECT_EQ(restored(), 80);
 }
 
 TEST_F(StorePgTest, CopyKeepsEveryCharacterOfTextAndNulls) {
