@@ -32,6 +32,7 @@ options:
   --frames-copy MODE   the aggregator's writer.frames_copy: direct (default) or staged
   --batch-frames N     the aggregator's writer.max_batch_frames (default: its default)
   --connections N      the aggregator's writer.connections (default: its default)
+  --preload LIB        run the aggregator and the load generator with LD_PRELOAD=LIB (an allocator)
   --keep               keep the PostgreSQL cluster and logs (printed at the end)
   -h, --help           this help
 EOF
@@ -50,6 +51,7 @@ keep=0
 frames_copy=direct
 batch_frames=""
 connections=""
+preload=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
@@ -59,6 +61,7 @@ while [ $# -gt 0 ]; do
     --build) [ -n "${2:-}" ] || die "--build needs a directory"; build=$(realpath -m "$2"); shift ;;
     --skip-build) skip_build=1 ;;
     --keep) keep=1 ;;
+    --preload) [ -f "${2:-}" ] || die "--preload needs a library file"; preload=$2; shift ;;
     --frames-copy)
       case "${2:-}" in direct|staged) frames_copy=$2 ;; *) die "--frames-copy needs direct or staged" ;; esac
       shift ;;
@@ -100,12 +103,12 @@ writer_yaml="writer:
 aggregator_config "$work/aggregator.yaml" "log_level: warn
 $writer_yaml"
 say "fleetwes-aggregator on 127.0.0.1:$grpc_port"
-"$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
+LD_PRELOAD="$preload" "$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
 agg_pid=$!
 wait_healthy "http://127.0.0.1:$http_port/healthz" "$agg_pid" "$work/aggregator.log" 60
 
 say "fleetwes-loadgen: $nodes nodes every ${interval}s, ${warmup}s warm-up + ${duration}s measured"
-"$bin/fleetwes-loadgen" --target="127.0.0.1:$grpc_port" --nodes="$nodes" --interval="${interval}s" \
+LD_PRELOAD="$preload" "$bin/fleetwes-loadgen" --target="127.0.0.1:$grpc_port" --nodes="$nodes" --interval="${interval}s" \
   --duration="$((warmup + duration))s" --log_level=warn -o json >"$work/loadgen.json" \
   2>"$work/loadgen.log" &
 load_pid=$!
