@@ -1,5 +1,6 @@
 #include "aggregator/ingest/ingest_service.h"
 
+#include <cstddef>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -13,10 +14,47 @@
 #include "aggregator/ingest/validate.h"
 #include "aggregator/store/pg_status.h"
 #include "common/logging.h"
+#include "google/protobuf/arena.h"
 
 namespace fleetwes::aggregator {
 
 namespace {
+
+// One read's message, parsed on an arena whose first block is part of the same allocation: a
+// frame costs one allocation (plus the blocks the arena adds for a larger frame) instead of one
+// per sub-message and string, and one free. A frame handed on (to the writer, then the fleet state
+// while it is its node's latest) keeps its whole buffer alive through an aliasing shared_ptr.
+class ReadBuffer {
+ public:
+  ReadBuffer() : arena_(ArenaOptionsFor(initial_)) {
+    request_ = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena_);
+  }
+  ReadBuffer(const ReadBuffer&) = delete;
+  ReadBuffer& operator=(const ReadBuffer&) = delete;
+
+  v1::PublishRequest* request() { return request_; }
+
+  // An empty request again; the first block stays, the blocks the arena added are freed. Only
+  // with no other reference to the buffer.
+  void Reset() {
+    arena_.Reset();
+    request_ = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena_);
+  }
+
+ private:
+  // A frame of a node with a few models and devices takes about 1.5 KiB of message objects.
+  static constexpr size_t kInitialBlock = 2048;
+  static google::protobuf::ArenaOptions ArenaOptionsFor(char* block) {
+    google::protobuf::ArenaOptions o;
+    o.initial_block = block;
+    o.initial_block_size = kInitialBlock;
+    return o;
+  }
+
+  alignas(std::max_align_t) char initial_[kInitialBlock];
+  google::protobuf::Arena arena_;
+  v1::PublishRequest* request_;
+};
 
 // One Publish stream. Lifetime: gRPC holds one reference until OnDone; every writer callback
 // (frame completion, queue-space notification) holds one more. The last release deletes it, so
@@ -30,7 +68,12 @@ class PublishReactor final
   PublishReactor(const IngestService::Deps& deps, grpc::CallbackServerContext* context)
       : deps_(deps), log_(Logger("ingest")), peer_(context->peer()) {
     deps_.metrics->streams().Increment();
-    StartRead(&request_);
+    v1::PublishRequest* first;
+    {
+      absl::MutexLock lock(&mu_);
+      first = read_->request();
+    }
+    StartRead(first);
   }
 
   void OnReadDone(bool ok) override {
@@ -43,6 +86,7 @@ class PublishReactor final
         HandleRequest(&fx);
       }
       Pump(&fx);
+      if (fx.start_read) fx.read_into = NextReadLocked();
     }
     Apply(fx);
   }
@@ -55,6 +99,7 @@ class PublishReactor final
       if (!ok) {
         // The peer is gone; nothing more can be sent.
         outbox_.clear();
+        ack_ahead_.reset();
         FailLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream write failed"));
       }
       Pump(&fx);
@@ -67,6 +112,7 @@ class PublishReactor final
     {
       absl::MutexLock lock(&mu_);
       outbox_.clear();
+      ack_ahead_.reset();
       FailLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       Pump(&fx);
     }
@@ -89,6 +135,7 @@ class PublishReactor final
   // What to start once mu_ is released.
   struct Effects {
     bool start_read = false;
+    v1::PublishRequest* read_into = nullptr;  // with start_read
     const v1::PublishResponse* start_write = nullptr;
     std::optional<grpc::Status> finish;
   };
@@ -103,7 +150,18 @@ class PublishReactor final
   void Apply(const Effects& fx) {
     if (fx.start_write != nullptr) StartWrite(fx.start_write);
     if (fx.finish.has_value()) Finish(*fx.finish);
-    if (fx.start_read) StartRead(&request_);
+    if (fx.start_read) StartRead(fx.read_into);
+  }
+
+  // The message the next read goes into: the last one's buffer when nothing else holds it (a
+  // hello, a refused frame), else a new one.
+  v1::PublishRequest* NextReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (read_.use_count() == 1) {
+      read_->Reset();
+    } else {
+      read_ = std::make_shared<ReadBuffer>();
+    }
+    return read_->request();
   }
 
   void Release() {
@@ -125,6 +183,16 @@ class PublishReactor final
   // Starts the next write, or finishes the stream when there is nothing left to do.
   void Pump(Effects* fx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finish_called_ || write_in_flight_) return;
+    if (ack_ahead_.has_value()) {
+      // The ack message of the stream is reused: no allocation per ack.
+      v1::Ack* ack = ack_write_.mutable_ack();
+      ack->set_boot_id(boot_id_);
+      ack->set_seq(*ack_ahead_);
+      ack_ahead_.reset();
+      write_in_flight_ = true;
+      fx->start_write = &ack_write_;
+      return;
+    }
     if (!outbox_.empty()) {
       current_write_ = std::move(outbox_.front());
       outbox_.pop_front();
@@ -146,7 +214,11 @@ class PublishReactor final
     std::optional<uint64_t> ack = tracker_.TakeAck();
     if (!ack.has_value()) return;
     // Coalesce with an ack not yet sent: cumulative acks supersede each other.
-    if (!outbox_.empty() && outbox_.back().has_ack()) {
+    if (outbox_.empty()) {
+      ack_ahead_ = *ack;
+      return;
+    }
+    if (outbox_.back().has_ack()) {
       outbox_.back().mutable_ack()->set_seq(*ack);
       return;
     }
@@ -171,9 +243,9 @@ class PublishReactor final
 
   void HandleRequest(Effects* fx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finish_wanted_) return;  // draining towards Finish: read nothing more
-    if (request_.has_hello()) {
+    if (read_->request()->has_hello()) {
       HandleHello(fx);
-    } else if (request_.has_frame()) {
+    } else if (read_->request()->has_frame()) {
       HandleFrame(fx);
     } else {
       deps_.metrics->streams_refused_protocol().Increment();
@@ -183,7 +255,7 @@ class PublishReactor final
   }
 
   void HandleHello(Effects* fx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const v1::Hello& hello = request_.hello();
+    const v1::Hello& hello = read_->request()->hello();
     if (!node_id_.empty()) {
       deps_.metrics->streams_refused_protocol().Increment();
       FailLocked(
@@ -223,7 +295,8 @@ class PublishReactor final
                               "hello: the first message of a stream must be a hello"));
       return;
     }
-    auto frame = std::make_shared<v1::Frame>(std::move(*request_.mutable_frame()));
+    // Shares the read buffer (no copy of the parsed frame).
+    std::shared_ptr<v1::Frame> frame(read_, read_->request()->mutable_frame());
     const absl::Time now = deps_.clock->Now();
     FrameContext ctx{node_id_,
                      boot_id_,
@@ -305,6 +378,7 @@ class PublishReactor final
       }
       if (finish_wanted_) fx.start_read = false;
       Pump(&fx);
+      if (fx.start_read) fx.read_into = NextReadLocked();
     }
     Apply(fx);
     Release();
@@ -348,16 +422,20 @@ class PublishReactor final
   const std::shared_ptr<spdlog::logger> log_;
   const std::string peer_;
 
-  v1::PublishRequest request_;  // the read buffer; one read at a time
-
   absl::Mutex mu_;
+  // The buffer of the current (or last) read; one read at a time.
+  std::shared_ptr<ReadBuffer> read_ ABSL_GUARDED_BY(mu_) = std::make_shared<ReadBuffer>();
   int refs_ ABSL_GUARDED_BY(mu_) = 1;         // gRPC's, released in OnDone
   std::string node_id_ ABSL_GUARDED_BY(mu_);  // set by a valid Hello
   std::string boot_id_ ABSL_GUARDED_BY(mu_);
   AckTracker tracker_ ABSL_GUARDED_BY(mu_);
   std::optional<Parked> parked_ ABSL_GUARDED_BY(mu_);
+  // Responses to send, oldest first; an ack coalesced while nothing else waits goes in ack_ahead_
+  // instead and is sent before all of outbox_ (so the common case builds no message).
+  std::optional<uint64_t> ack_ahead_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::PublishResponse> outbox_ ABSL_GUARDED_BY(mu_);
-  v1::PublishResponse current_write_ ABSL_GUARDED_BY(mu_);
+  v1::PublishResponse ack_write_ ABSL_GUARDED_BY(mu_);      // written from ack_ahead_
+  v1::PublishResponse current_write_ ABSL_GUARDED_BY(mu_);  // written from outbox_
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_wanted_ ABSL_GUARDED_BY(mu_) = false;

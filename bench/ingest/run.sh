@@ -44,6 +44,8 @@ options:
   --no-transport       skip the transport phase (its JSON fields are then null)
   --transport-nodes N  simulated nodes of the transport phase (default: --nodes)
   --transport-factor F its offered load per node: the interval divided by F (default 3)
+  --preload LIB        run the aggregator, the echo server and the load generator with
+                       LD_PRELOAD=LIB (another allocator)
   --keep               keep the PostgreSQL cluster and logs (printed at the end)
   -h, --help           this help
 EOF
@@ -65,6 +67,7 @@ connections=""
 transport=1
 transport_nodes=""
 transport_factor=3
+preload=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) need_number "$1" "${2:-}" 1; nodes=$2; shift ;;
@@ -77,6 +80,7 @@ while [ $# -gt 0 ]; do
     --no-transport) transport=0 ;;
     --transport-nodes) need_number "$1" "${2:-}" 1; transport_nodes=$2; shift ;;
     --transport-factor) need_number "$1" "${2:-}" 1; transport_factor=$2; shift ;;
+    --preload) [ -f "${2:-}" ] || die "--preload needs a library file"; preload=$2; shift ;;
     --frames-copy)
       case "${2:-}" in direct|staged) frames_copy=$2 ;; *) die "--frames-copy needs direct or staged" ;; esac
       shift ;;
@@ -125,12 +129,12 @@ writer_yaml="writer:
 aggregator_config "$work/aggregator.yaml" "log_level: warn
 $writer_yaml"
 say "fleetwes-aggregator on 127.0.0.1:$grpc_port"
-"$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
+LD_PRELOAD="$preload" "$bin/fleetwes-aggregator" --config "$work/aggregator.yaml" >"$work/aggregator.log" 2>&1 &
 agg_pid=$!
 wait_healthy "http://127.0.0.1:$http_port/healthz" "$agg_pid" "$work/aggregator.log" 60
 
 say "fleetwes-loadgen: $nodes nodes every ${interval}s, ${warmup}s warm-up + ${duration}s measured"
-"$bin/fleetwes-loadgen" --target="127.0.0.1:$grpc_port" --nodes="$nodes" --interval="${interval}s" \
+LD_PRELOAD="$preload" "$bin/fleetwes-loadgen" --target="127.0.0.1:$grpc_port" --nodes="$nodes" --interval="${interval}s" \
   --duration="$((warmup + duration))s" --log_level=warn -o json >"$work/loadgen.json" \
   2>"$work/loadgen.log" &
 load_pid=$!
@@ -187,7 +191,7 @@ e0=0 e1=0 el0=0 el1=0 ea0=0 ea1=0 et0=0 et1=0 open_s=0 streams=0
 if [ "$transport" -eq 1 ]; then
   # Nothing else on the machine's cores from this benchmark: the database is done.
   "$root/deploy/pg-private.sh" stop "$pgdir" >/dev/null
-  "$bin/fleetwes-ingest-echo" --port=0 --port_file="$work/echo.port" >"$work/echo.out" \
+  LD_PRELOAD="$preload" "$bin/fleetwes-ingest-echo" --port=0 --port_file="$work/echo.port" >"$work/echo.out" \
     2>"$work/echo.log" &
   echo_pid=$!
   deadline=$((SECONDS + 30))
@@ -214,7 +218,7 @@ if [ "$transport" -eq 1 ]; then
     "warm-up + ${duration}s measured"
   # Runs until stopped after the measured span; the drain is short: the offered load exceeds
   # what is acknowledged, so a backlog is expected.
-  "$bin/fleetwes-loadgen" --target="127.0.0.1:$echo_port" --nodes="$transport_nodes" \
+  LD_PRELOAD="$preload" "$bin/fleetwes-loadgen" --target="127.0.0.1:$echo_port" --nodes="$transport_nodes" \
     --interval="${transport_interval_ms}ms" --duration=0 --drain_timeout=1s --log_level=warn \
     -o json >"$work/transport-loadgen.json" 2>"$work/transport-loadgen.log" &
   load_pid=$!

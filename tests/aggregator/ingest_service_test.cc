@@ -15,6 +15,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "tests/aggregator/fake_batch_store.h"
 #include "tests/aggregator/test_frames.h"
 
@@ -295,6 +296,46 @@ TEST_F(IngestServiceTest, ReplayedFramesAreAckedAgain) {
   }
   EXPECT_EQ(metrics_.frames_committed().Value(), 3);
   EXPECT_EQ(metrics_.frames_duplicate().Value(), 3);
+}
+
+TEST_F(IngestServiceTest, AnAcceptedFrameStaysIntactWhileTheStreamReadsOn) {
+  // The fleet state keeps each node's latest frame, parsed in the buffer its stream read it into.
+  // This one spills past the buffer's first block; the reads after it must not reuse its buffer.
+  StartServer();
+  grpc::ClientContext ctx;
+  auto stream = Open(&ctx);
+  ASSERT_TRUE(stream->Write(HelloMsg(node_, "boot-a")));
+  v1::Frame big = MakeFrame(node_, "boot-a", 1, T0());
+  for (int i = 0; i < 40; ++i) {
+    testing::ModelSpec spec;
+    spec.model = absl::StrCat("a-model-with-a-rather-long-name-", i);
+    testing::AddModel(&big, spec);
+  }
+  ASSERT_TRUE(stream->Write(FrameMsg(big)));
+  ASSERT_TRUE(ReadUntilAck(stream.get(), 1));
+  NodeStatePtr kept = state_.Get(node_);
+  ASSERT_NE(kept, nullptr);
+  ASSERT_NE(kept->latest, nullptr);
+
+  // A refused frame (its buffer is read into again), then an accepted one.
+  v1::Frame bad = MakeFrame(node_, "boot-a", 2, T0() + absl::Seconds(2));
+  bad.mutable_models(0)->set_decode_tokens_per_s(std::numeric_limits<double>::quiet_NaN());
+  ASSERT_TRUE(stream->Write(FrameMsg(bad)));
+  rejected_seqs_.insert(2);
+  ASSERT_TRUE(stream->Write(FrameMsg(MakeFrame(node_, "boot-a", 3, T0() + absl::Seconds(4)))));
+  ASSERT_TRUE(ReadUntilAck(stream.get(), 3));
+
+  EXPECT_EQ(kept->latest->seq(), 1u);
+  EXPECT_EQ(kept->latest->node_id(), node_);
+  ASSERT_EQ(kept->latest->models_size(), 41);
+  EXPECT_EQ(kept->latest->models(40).model(), "a-model-with-a-rather-long-name-39");
+  EXPECT_EQ(kept->models.size(), 41u);
+  NodeStatePtr now = state_.Get(node_);
+  ASSERT_NE(now->latest, nullptr);
+  EXPECT_EQ(now->latest->seq(), 3u);
+  EXPECT_EQ(now->latest->models_size(), 1);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 }  // namespace
