@@ -22,7 +22,8 @@
 // --candidates=index makes the server pick over node lists built once at start, building the
 // rows on every call (the server's own path keeps each model's route table and refreshes it
 // off the call path). Before the gRPC phases, the table build and Pick over a table are timed in
-// process, with the first Pick over a fresh table. Requests cycle through the models (objective
+// process, with the first Pick over a fresh table, and Pick's answer as sent: an arena message
+// serialized against PickSerialized's wire bytes. Requests cycle through the models (objective
 // EFFICIENCY, count 5, --mode). Prints figures and ends with one JSON line:
 //   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
 #include <fcntl.h>
