@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -10,6 +11,7 @@
 #include <utility>
 
 #include "absl/base/call_once.h"
+#include "absl/base/casts.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/distributions.h"
 #include "absl/random/random.h"
@@ -19,6 +21,9 @@
 #include "aggregator/fleet/rank_index.h"
 #include "aggregator/ingest/validate.h"
 #include "common/wes.h"
+#include "google/protobuf/arena.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
 namespace fleetwes::aggregator {
 
@@ -27,9 +32,18 @@ namespace {
 // At most this many node reasons in a NOT_FOUND message.
 constexpr size_t kMaxReasonsInMessage = 20;
 
+// "%.0f s" from 10 s on, else "%.2g s". std::to_chars with a precision formats as printf does
+// (C locale) at a fraction of StrFormat's cost; exclusion reasons are formatted per call.
 std::string Seconds(double s) {
-  if (s >= 10) return absl::StrFormat("%.0f s", s);
-  return absl::StrFormat("%.2g s", s);
+  char buf[64];
+  const std::to_chars_result r =
+      s >= 10 ? std::to_chars(buf, buf + sizeof(buf) - 2, s, std::chars_format::fixed, 0)
+              : std::to_chars(buf, buf + sizeof(buf) - 2, s, std::chars_format::general, 2);
+  if (r.ec != std::errc()) return absl::StrFormat("%.0f s", s);  // only huge values
+  char* end = r.ptr;
+  *end++ = ' ';
+  *end++ = 's';
+  return std::string(buf, end);
 }
 
 bool IsIdle(const v1::ModelSample& m) {
@@ -273,9 +287,14 @@ struct RouteTable::Lazy {
   Order by_rank;           // rows with a WES, the leaderboard's order
   Order by_latency;        // predicted latency ascending (ties: node id)
   Order by_expiry;         // stale_at ascending
-  std::unique_ptr<std::atomic<const v1::Candidate*>[]> prebuilt;  // per row, null until used
+  // A row's Candidate without score, weight and data age, and its wire bytes.
+  struct Prebuilt {
+    v1::Candidate message;
+    std::string bytes;
+  };
+  std::unique_ptr<std::atomic<const Prebuilt*>[]> prebuilt;  // per row, null until used
 
-  explicit Lazy(size_t rows) : prebuilt(new std::atomic<const v1::Candidate*>[rows]) {
+  explicit Lazy(size_t rows) : prebuilt(new std::atomic<const Prebuilt*>[rows]) {
     for (size_t i = 0; i < rows; ++i) prebuilt[i].store(nullptr, std::memory_order_relaxed);
     size = rows;
   }
@@ -346,13 +365,20 @@ const std::vector<uint32_t>& ByExpiry(const RouteTable& t) {
   return o.rows;
 }
 
-const v1::Candidate& Prebuilt(const RouteTable& t, uint32_t i) {
-  std::atomic<const v1::Candidate*>& slot = t.lazy->prebuilt[i];
-  const v1::Candidate* c = slot.load(std::memory_order_acquire);
+const RouteTable::Lazy::Prebuilt& Prebuilt(const RouteTable& t, uint32_t i) {
+  std::atomic<const RouteTable::Lazy::Prebuilt*>& slot = t.lazy->prebuilt[i];
+  const RouteTable::Lazy::Prebuilt* c = slot.load(std::memory_order_acquire);
   if (c != nullptr) return *c;
-  auto built = std::make_unique<v1::Candidate>();
-  FillCandidate(t.rows[i], built.get());
-  const v1::Candidate* expected = nullptr;
+  auto built = std::make_unique<RouteTable::Lazy::Prebuilt>();
+  FillCandidate(t.rows[i], &built->message);
+  // Deterministic: the same row always has the same bytes (labels in key order).
+  {
+    google::protobuf::io::StringOutputStream stream(&built->bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    built->message.SerializeToCodedStream(&coded);
+  }
+  const RouteTable::Lazy::Prebuilt* expected = nullptr;
   if (slot.compare_exchange_strong(expected, built.get(), std::memory_order_acq_rel)) {
     return *built.release();
   }
@@ -479,10 +505,53 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request, const Rout
   return out;
 }
 
-absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
-                  const StalenessPolicy& policy, absl::BitGenRef gen, v1::PickResponse* out) {
+namespace {
+
+// Whether Pick uses the table's orders and prebuilt candidates: they hold for this policy.
+bool UsesOrders(const RouteTable& table, const StalenessPolicy& policy) {
+  return table.ordered && table.lazy != nullptr && policy.multiple == table.policy.multiple &&
+         policy.min == table.policy.min;
+}
+
+// Protocol buffer wire format, for the answers PickSerialized writes without a message.
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+void PutVarint(std::string* w, uint64_t v) {
+  while (v >= 0x80) {
+    w->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  w->push_back(static_cast<char>(v));
+}
+// Length-delimited field `field` (number < 16, so a one-byte tag) of `size` bytes: its header.
+void PutLengthDelimited(std::string* w, uint32_t field, size_t size) {
+  w->push_back(static_cast<char>(field << 3 | 2));
+  PutVarint(w, size);
+}
+// A proto3 double field as the generated code writes it: left out when its bits are all zero.
+size_t DoubleSize(uint32_t field, double v) {
+  return absl::bit_cast<uint64_t>(v) == 0 ? 0 : VarintSize(field << 3) + 8;
+}
+void PutDouble(std::string* w, uint32_t field, double v) {
+  const uint64_t bits = absl::bit_cast<uint64_t>(v);
+  if (bits == 0) return;
+  PutVarint(w, field << 3 | 1);
+  for (int k = 0; k < 8; ++k) w->push_back(static_cast<char>(bits >> (8 * k)));  // little endian
+}
+
+// Pick's answer into `out` (a message), or, with `out` null, as PickResponse's wire bytes into
+// `wire` (only for a call that uses the table's orders in RANKED mode).
+absl::Status PickInto(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
+                      const StalenessPolicy& policy, absl::BitGenRef gen, v1::PickResponse* out,
+                      std::string* wire) {
   if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
-  out->Clear();
+  if (out != nullptr) out->Clear();
   const v1::Constraints& c = request.constraints();
   const v1::Objective objective = request.objective() == v1::OBJECTIVE_UNSPECIFIED
                                       ? v1::OBJECTIVE_EFFICIENCY
@@ -490,8 +559,7 @@ absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl:
   const bool pick_one = request.mode() == v1::PICK_MODE_ONE;
   const std::vector<RouteRow>& rows = table.rows;
   // The table's orders and expiries hold for this call's policy.
-  const bool ordered = table.ordered && table.lazy != nullptr &&
-                       policy.multiple == table.policy.multiple && policy.min == table.policy.min;
+  const bool ordered = UsesOrders(table, policy);
 
   // Every row's first failing check (kQualifies for the candidates) and the failing rows in row
   // order.
@@ -655,13 +723,65 @@ absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl:
   // and data age.
   auto write = [&](const Scored& s, v1::Candidate* dst) {
     if (ordered) {
-      *dst = Prebuilt(table, s.index);
+      *dst = Prebuilt(table, s.index).message;
     } else {
       FillCandidate(rows[s.index], dst);
     }
     dst->set_score(s.score);
     dst->set_data_age_s(absl::ToDoubleSeconds(age_of(s.index)));
   };
+  if (out == nullptr) {
+    // The message below, serialized, without building it: each candidate is its prebuilt bytes
+    // followed by score, weight and data age (fields may come in any order on the wire; a
+    // parser reads the same message).
+    std::string& w = *wire;
+    w.clear();
+    auto candidate = [&](uint32_t field, const Scored& s, double weight, double age_s) {
+      const std::string& fixed = Prebuilt(table, s.index).bytes;
+      PutLengthDelimited(
+          &w, field,
+          fixed.size() + DoubleSize(2, s.score) + DoubleSize(3, weight) + DoubleSize(11, age_s));
+      w.append(fixed);
+      PutDouble(&w, 2, s.score);
+      PutDouble(&w, 3, weight);
+      PutDouble(&w, 11, age_s);
+    };
+    auto age_s_of = [&](const Scored& s) { return absl::ToDoubleSeconds(age_of(s.index)); };
+    PutLengthDelimited(&w, 1, request.model().size());
+    w.append(request.model());
+    w.push_back(static_cast<char>(2 << 3));
+    PutVarint(&w, static_cast<uint64_t>(objective));
+    double oldest = age_s_of(latency);
+    if (efficiency.has_value()) {
+      oldest = std::max(oldest, age_s_of(*efficiency));
+      candidate(3, *efficiency, 0, age_s_of(*efficiency));
+    }
+    candidate(4, latency, 0, age_s_of(latency));
+    double total = 0;
+    for (const Scored& s : chosen) {
+      if (in_band(s)) total += weight_of(s);
+    }
+    for (size_t k = 0; k < chosen.size(); ++k) {
+      const Scored& s = chosen[k];
+      const double weight = in_band(s) ? weight_of(s) / total : 0.0;
+      const double age_s = age_s_of(s);
+      oldest = std::max(oldest, age_s);
+      if (k == 0) candidate(5, s, weight, age_s);  // the recommendation: the first candidate
+      candidate(6, s, weight, age_s);
+    }
+    for (uint32_t i : failed) {
+      const std::string& id = rows[i].node->node_id;
+      const std::string reason = explain(i);
+      PutLengthDelimited(
+          &w, 7, 2 + VarintSize(id.size()) + id.size() + VarintSize(reason.size()) + reason.size());
+      PutLengthDelimited(&w, 1, id.size());
+      w.append(id);
+      PutLengthDelimited(&w, 2, reason.size());
+      w.append(reason);
+    }
+    PutDouble(&w, 8, oldest);
+    return absl::OkStatus();
+  }
   out->set_model(request.model());
   out->set_objective(objective);
   if (efficiency.has_value()) write(*efficiency, out->mutable_efficiency());
@@ -721,6 +841,28 @@ absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl:
   }
   out->set_data_age_s(oldest);
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
+                  const StalenessPolicy& policy, absl::BitGenRef gen, v1::PickResponse* out) {
+  return PickInto(request, table, now, policy, gen, out, nullptr);
+}
+
+absl::Status PickSerialized(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
+                            const StalenessPolicy& policy, absl::BitGenRef gen, std::string* out) {
+  if (UsesOrders(table, policy) && request.mode() != v1::PICK_MODE_ONE) {
+    return PickInto(request, table, now, policy, gen, nullptr, out);
+  }
+  google::protobuf::Arena arena;
+  auto* response = google::protobuf::Arena::CreateMessage<v1::PickResponse>(&arena);
+  absl::Status status = PickInto(request, table, now, policy, gen, response, nullptr);
+  if (status.ok()) {
+    out->clear();
+    response->SerializeToString(out);
+  }
+  return status;
 }
 
 }  // namespace fleetwes::aggregator

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/random/bit_gen_ref.h"
@@ -145,6 +146,13 @@ absl::StatusOr<v1::PickResponse> Pick(const v1::PickRequest& request, const Rout
 // `out` is unspecified.
 absl::Status Pick(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
                   const StalenessPolicy& policy, absl::BitGenRef gen, v1::PickResponse* out);
+// The same answer as PickResponse's wire bytes, into `out` (replaced): what the Router service
+// sends. A RANKED call over an ordered table (the service's) writes them without building the
+// message, each listed candidate as its prebuilt bytes (serialized once per table) followed by
+// its score, weight and data age; a parser reads the message Pick builds (router_test compares
+// them). Other calls build the message and serialize it. On an error `out` is unspecified.
+absl::Status PickSerialized(const v1::PickRequest& request, const RouteTable& table, absl::Time now,
+                            const StalenessPolicy& policy, absl::BitGenRef gen, std::string* out);
 
 }  // namespace fleetwes::aggregator
 

@@ -23,9 +23,10 @@ constexpr int kRequestedCallsPerQueue = 8;
 
 }  // namespace
 
-// One Pick call on one queue: requested from the server, answered, finished. Its request and
-// response live on an arena whose first block is part of the call, so a typical answer (a few
-// candidates and exclusions) allocates nothing more. Used by its queue's thread only.
+// One Pick call on one queue: requested from the server (raw: the request as received),
+// answered, finished. Its request is parsed onto an arena whose first block is part of the call;
+// the answer is written as wire bytes into a per-thread buffer and sent as one slice. Used by its
+// queue's thread only.
 class RouterService::Call {
  public:
   // Requests the next Pick call on `queue` (whose mu is held, and which is not shut down).
@@ -41,19 +42,34 @@ class RouterService::Call {
     // The next call can arrive while this one is answered.
     Request(service_, queue_);
     finished_ = true;
-    const grpc::Status status = service_->Answer(*request_, response_);
-    responder_.Finish(*response_, status, this);
+    grpc::Slice bytes;
+    if (!request_bytes_.DumpToSingleSlice(&bytes).ok() ||
+        !request_->ParseFromArray(bytes.begin(), static_cast<int>(bytes.size()))) {
+      const grpc::Status refused(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "request: not a fleetwes.v1.PickRequest");
+      service_->metrics_->CountApiRequest("Router.Pick", FromGrpcStatus(refused));
+      responder_.FinishWithError(refused, this);
+      return;
+    }
+    thread_local std::string answer;
+    const grpc::Status status = service_->AnswerSerialized(*request_, &answer);
+    if (!status.ok()) {
+      responder_.FinishWithError(status, this);
+      return;
+    }
+    grpc::Slice slice(answer);  // a copy of a few KB
+    response_ = grpc::ByteBuffer(&slice, 1);
+    responder_.Finish(response_, grpc::Status::OK, this);
   }
 
  private:
-  static constexpr size_t kInitialBlock = 8 * 1024;
+  static constexpr size_t kInitialBlock = 2 * 1024;
 
   Call(RouterService* service, Queue* queue)
       : service_(service), queue_(queue), arena_(block_, kInitialBlock), responder_(&context_) {
     request_ = google::protobuf::Arena::CreateMessage<v1::PickRequest>(&arena_);
-    response_ = google::protobuf::Arena::CreateMessage<v1::PickResponse>(&arena_);
-    service_->RequestPick(&context_, request_, &responder_, queue_->cq.get(), queue_->cq.get(),
-                          this);
+    service_->RequestPick(&context_, &request_bytes_, &responder_, queue_->cq.get(),
+                          queue_->cq.get(), this);
   }
 
   RouterService* const service_;
@@ -61,9 +77,10 @@ class RouterService::Call {
   alignas(16) char block_[kInitialBlock];
   google::protobuf::Arena arena_;
   grpc::ServerContext context_;
-  grpc::ServerAsyncResponseWriter<v1::PickResponse> responder_;
+  grpc::ServerAsyncResponseWriter<grpc::ByteBuffer> responder_;
+  grpc::ByteBuffer request_bytes_;
+  grpc::ByteBuffer response_;
   v1::PickRequest* request_ = nullptr;
-  v1::PickResponse* response_ = nullptr;
   bool finished_ = false;
 };
 
@@ -251,20 +268,39 @@ std::shared_ptr<const RouteTable> RouterService::TableFor(const std::string& mod
   return table;
 }
 
+const RouteTable& RouterService::TableForCall(const v1::PickRequest& request,
+                                              std::shared_ptr<const RouteTable>* hold) {
+  if (candidates_ != nullptr) {
+    *hold = std::make_shared<const RouteTable>(
+        BuildRouteTable(candidates_(request.model()), request.model()));
+    return **hold;
+  }
+  if (request.model().empty() || request.model().size() > kMaxNameLength) {
+    // Refused by Pick's validation; no table is looked up for it.
+    static const RouteTable* const kEmpty = new RouteTable();
+    return *kEmpty;
+  }
+  *hold = TableFor(request.model());
+  return **hold;
+}
+
+grpc::Status RouterService::AnswerSerialized(const v1::PickRequest& request,
+                                             std::string* response) {
+  thread_local absl::BitGen gen;
+  const absl::Time now = clock_->Now();
+  std::shared_ptr<const RouteTable> hold;
+  const absl::Status status =
+      PickSerialized(request, TableForCall(request, &hold), now, policy_, gen, response);
+  metrics_->CountApiRequest("Router.Pick", status);
+  return status.ok() ? grpc::Status::OK : ToGrpcStatus(status);
+}
+
 grpc::Status RouterService::Answer(const v1::PickRequest& request, v1::PickResponse* response) {
   thread_local absl::BitGen gen;
   const absl::Time now = clock_->Now();
-  absl::Status status;
-  if (candidates_ != nullptr) {
-    status =
-        aggregator::Pick(request, BuildRouteTable(candidates_(request.model()), request.model()),
-                         now, policy_, gen, response);
-  } else if (request.model().empty() || request.model().size() > kMaxNameLength) {
-    // Refused by Pick's validation; no table is looked up for it.
-    status = aggregator::Pick(request, RouteTable(), now, policy_, gen, response);
-  } else {
-    status = aggregator::Pick(request, *TableFor(request.model()), now, policy_, gen, response);
-  }
+  std::shared_ptr<const RouteTable> hold;
+  const absl::Status status =
+      aggregator::Pick(request, TableForCall(request, &hold), now, policy_, gen, response);
   metrics_->CountApiRequest("Router.Pick", status);
   if (!status.ok()) {
     response->Clear();

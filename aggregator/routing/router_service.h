@@ -9,9 +9,12 @@
 // data age are still judged at the call's time. With table_refresh 0 there is no thread and a
 // call whose model's set changed rebuilds the table itself (every call sees the latest state).
 // An async service served by RouterOptions::threads completion-queue threads of its own: each
-// call is answered inline on the thread that takes it off its queue, its request and response on
-// a per-call arena, with no hand-off to another thread (a callback service's handlers run on
-// gRPC's executor threads, one more wake-up per call; docs/benchmarks.md). Thread-safe; a call
+// call is answered inline on the thread that takes it off its queue, its request on a per-call
+// arena, with no hand-off to another thread (a callback service's handlers run on gRPC's
+// executor threads, one more wake-up per call; docs/benchmarks.md). The method is raw on these
+// threads: the request is parsed here and the answer written as wire bytes (PickSerialized), the
+// candidates' fixed parts serialized once per route table instead of copied and serialized on
+// every call; the client reads the same PickResponse. Thread-safe; a call
 // that finds its model's table published takes no lock (neither the service's nor the fleet
 // state's).
 //
@@ -54,7 +57,7 @@ struct RouterOptions {
   int threads = 1;
 };
 
-class RouterService final : public v1::Router::AsyncService {
+class RouterService final : public v1::Router::WithRawMethod_Pick<v1::Router::Service> {
  public:
   // The nodes to pick from for a model; must be thread-safe.
   using CandidateSource = std::function<std::vector<NodeStatePtr>(absl::string_view model)>;
@@ -78,6 +81,9 @@ class RouterService final : public v1::Router::AsyncService {
 
   // What Pick answers, without the transport (counted in the metrics as a call).
   grpc::Status Answer(const v1::PickRequest& request, v1::PickResponse* response);
+  // The same answer as PickResponse's wire bytes (PickSerialized; `response` replaced, unspecified
+  // on an error): what the completion-queue threads send. Counted as a call.
+  grpc::Status AnswerSerialized(const v1::PickRequest& request, std::string* response);
 
   // Rebuilds and publishes the tables of the models whose serving set changed (what the refresh
   // thread does every table_refresh); returns how many were rebuilt. Thread-safe; concurrent
@@ -105,6 +111,10 @@ class RouterService final : public v1::Router::AsyncService {
   // The table to answer `model` from: the published one (with table_refresh 0, only while its
   // set is current); else built now and published.
   std::shared_ptr<const RouteTable> TableFor(const std::string& model);
+  // The table to answer `request` from (an empty one for a model name Pick refuses); `hold`
+  // keeps it alive for the call.
+  const RouteTable& TableForCall(const v1::PickRequest& request,
+                                 std::shared_ptr<const RouteTable>* hold);
   // Publishes `add` (model -> table) over the current tables; null tables remove their model.
   void Publish(const std::vector<std::pair<std::string, std::shared_ptr<const RouteTable>>>& add);
   void RunRefresh();

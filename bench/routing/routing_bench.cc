@@ -22,7 +22,8 @@
 // --candidates=index makes the server pick over node lists built once at start, building the
 // rows on every call (the server's own path keeps each model's route table and refreshes it
 // off the call path). Before the gRPC phases, the table build and Pick over a table are timed in
-// process, with the first Pick over a fresh table. Requests cycle through the models (objective
+// process, with the first Pick over a fresh table, and Pick's answer as sent: an arena message
+// serialized against PickSerialized's wire bytes. Requests cycle through the models (objective
 // EFFICIENCY, count 5, --mode). Prints figures and ends with one JSON line:
 //   {"pick_qps":..,"pick_p50_us":..,"pick_p99_us":..,"trivial_qps":..,"ratio":..,...}
 #include <fcntl.h>
@@ -64,6 +65,7 @@
 #include "aggregator/routing/router_service.h"
 #include "common/clock.h"
 #include "fleetwes/v1/router.grpc.pb.h"
+#include "google/protobuf/arena.h"
 #include "nlohmann/json.hpp"
 #include "tests/aggregator/test_frames.h"
 
@@ -88,7 +90,8 @@ ABSL_FLAG(bool, churn, false,
 ABSL_FLAG(double, churn_period_s, 2, "with --churn: each node's reporting interval");
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "keep absl's mutex deadlock detection on (the Debian build's default); off by default, "
-          "as fleetwes-aggregator's main sets it (the server runs in this process)");
+          "as fleetwes-aggregator's main sets it (the server runs in this process), in the "
+          "load client's process too");
 ABSL_FLAG(std::string, client, "process",
           "where the load client runs: process (a process of its own, this executable with "
           "--client_target) or thread (threads of the server's process)");
@@ -453,15 +456,17 @@ nlohmann::json RunClient(const std::string& target, const std::string& phases, d
 absl::StatusOr<nlohmann::json> RunClientProcess(const std::string& target,
                                                 const std::string& phases, double paced_qps,
                                                 const Emit& emit) {
-  std::vector<std::string> args = {"/proc/self/exe",
-                                   absl::StrCat("--client_target=", target),
-                                   absl::StrCat("--client_phases=", phases),
-                                   absl::StrCat("--paced_qps=", paced_qps),
-                                   absl::StrCat("--models=", absl::GetFlag(FLAGS_models)),
-                                   absl::StrCat("--mode=", absl::GetFlag(FLAGS_mode)),
-                                   absl::StrCat("--channels=", absl::GetFlag(FLAGS_channels)),
-                                   absl::StrCat("--outstanding=", absl::GetFlag(FLAGS_outstanding)),
-                                   absl::StrCat("--duration_s=", absl::GetFlag(FLAGS_duration_s))};
+  std::vector<std::string> args = {
+      "/proc/self/exe",
+      absl::StrCat("--client_target=", target),
+      absl::StrCat("--client_phases=", phases),
+      absl::StrCat("--paced_qps=", paced_qps),
+      absl::StrCat("--models=", absl::GetFlag(FLAGS_models)),
+      absl::StrCat("--mode=", absl::GetFlag(FLAGS_mode)),
+      absl::StrCat("--channels=", absl::GetFlag(FLAGS_channels)),
+      absl::StrCat("--outstanding=", absl::GetFlag(FLAGS_outstanding)),
+      absl::StrCat("--duration_s=", absl::GetFlag(FLAGS_duration_s)),
+      absl::StrCat("--mutex_deadlock_detection=", absl::GetFlag(FLAGS_mutex_deadlock_detection))};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -578,6 +583,38 @@ int Run() {
                build_cpu_us, pick_only_cpu_us);
   std::fprintf(stderr, "==> in process: %.1f us per Pick over the model's route table\n",
                pick_only_us);
+  // The answer as sent: built on an arena and serialized (what the typed service did per call),
+  // against PickSerialized's wire bytes (what the router's threads send).
+  double message_bytes_cpu_us = 0;
+  double serialized_cpu_us = 0;
+  size_t answer_bytes = 0;
+  {
+    std::string bytes;
+    const double c4 = ProcessCpuUs();
+    for (int i = 0; i < kPickOnly; ++i) {
+      const v1::PickRequest& r = picks[i % picks.size()];
+      google::protobuf::Arena arena;
+      auto* resp = google::protobuf::Arena::CreateMessage<v1::PickResponse>(&arena);
+      if (!Pick(r, tables[r.model()], clock.Now(), policy, gen_for_bench, resp).ok()) return 1;
+      bytes.clear();
+      resp->SerializeToString(&bytes);
+    }
+    message_bytes_cpu_us = (ProcessCpuUs() - c4) / kPickOnly;
+    const double c5 = ProcessCpuUs();
+    for (int i = 0; i < kPickOnly; ++i) {
+      const v1::PickRequest& r = picks[i % picks.size()];
+      if (!PickSerialized(r, tables[r.model()], clock.Now(), policy, gen_for_bench, &bytes).ok()) {
+        return 1;
+      }
+      answer_bytes += bytes.size();
+    }
+    serialized_cpu_us = (ProcessCpuUs() - c5) / kPickOnly;
+    answer_bytes /= kPickOnly;
+  }
+  std::fprintf(stderr,
+               "==> in process, CPU time: %.1f us per Pick into an arena message and serialized, "
+               "%.1f us per PickSerialized (%zu bytes)\n",
+               message_bytes_cpu_us, serialized_cpu_us, answer_bytes);
   // The first call after a change: a fresh table and one Pick over it (which builds the
   // table's orders and the candidates it lists).
   const absl::Time t3 = absl::Now();
@@ -738,6 +775,9 @@ int Run() {
   j["pick_only_us"] = pick_only_us;
   j["table_build_cpu_us"] = build_cpu_us;
   j["pick_only_cpu_us"] = pick_only_cpu_us;
+  j["pick_message_serialized_cpu_us"] = message_bytes_cpu_us;
+  j["pick_serialized_cpu_us"] = serialized_cpu_us;
+  j["answer_bytes"] = answer_bytes;
   j["first_pick_us"] = first_pick_us;
   j["pick_qps"] = pick_qps;
   j["pick_p50_us"] = (*standard)["pick_p50_us"];
@@ -775,11 +815,13 @@ int Run() {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  if (!absl::GetFlag(FLAGS_client_target).empty()) {
-    return fleetwes::aggregator::RunClientMain();
-  }
+  // In the load client's process too: the detection's cycle graph costs the client CPU on every
+  // call (gRPC's own mutexes), the same for both methods, on the cores the server shares.
   if (!absl::GetFlag(FLAGS_mutex_deadlock_detection)) {
     absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
+  if (!absl::GetFlag(FLAGS_client_target).empty()) {
+    return fleetwes::aggregator::RunClientMain();
   }
   return fleetwes::aggregator::Run();
 }

@@ -1,5 +1,6 @@
 #include "aggregator/routing/router.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -538,6 +539,31 @@ TEST_P(RouterServerTest, StopsCleanlyWithCallsInFlight) {
   EXPECT_FALSE(stub->Pick(&ctx, req, &resp).ok());
 }
 
+// Bytes that are no PickRequest are refused as a bad request, and counted.
+TEST_P(RouterServerTest, AnUnparsableRequestIsInvalidArgument) {
+  grpc::GenericStub stub(channel_);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  // Field 1 (model) announced 100 bytes long, 3 present.
+  grpc::Slice slice(std::string("\x0a\x64abc"));
+  const grpc::ByteBuffer request(&slice, 1);
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> rpc =
+      stub.PrepareUnaryCall(&ctx, "/fleetwes.v1.Router/Pick", request, &cq);
+  rpc->StartCall();
+  grpc::ByteBuffer reply;
+  grpc::Status status;
+  rpc->Finish(&reply, &status, nullptr);
+  void* tag;
+  bool ok;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_FALSE(status.ok());
+  if (GetParam() > 0) {  // the raw method of the router's own threads
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  }
+  cq.Shutdown();
+}
+
 INSTANTIATE_TEST_SUITE_P(Threads, RouterServerTest, ::testing::Values(0, 1, 2));
 
 // WES 1.00, 0.90, 0.85, 0.50 tok/J: the band is score >= 0.8, so the last one gets no weight.
@@ -913,9 +939,14 @@ TEST(RouteTableTest, OrderedTableAnswersAsThePlainScan) {
       const absl::Time now = T0() + absl::Seconds(pick(-30, 0, 1, 3, 8, 30));
       std::mt19937_64 gen_plain(q);
       std::mt19937_64 gen_table(q);
+      std::mt19937_64 gen_wire(q);
       absl::StatusOr<v1::PickResponse> plain = Pick(r, list, now, policy, gen_plain);
       absl::StatusOr<v1::PickResponse> ordered = Pick(r, table, now, policy, gen_table);
+      // What the service sends: the same message once parsed.
+      std::string wire;
+      const absl::Status wire_status = PickSerialized(r, table, now, policy, gen_wire, &wire);
       ASSERT_EQ(plain.status(), ordered.status()) << r.DebugString();
+      ASSERT_EQ(plain.status(), wire_status) << r.DebugString();
       ++compared;
       if (!plain.ok()) continue;
       ++ok_answers;
@@ -923,6 +954,12 @@ TEST(RouteTableTest, OrderedTableAnswersAsThePlainScan) {
           << r.DebugString() << "\nplain:\n"
           << plain->DebugString() << "\nordered:\n"
           << ordered->DebugString();
+      v1::PickResponse parsed;
+      ASSERT_TRUE(parsed.ParseFromString(wire)) << r.DebugString();
+      EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*plain, parsed))
+          << r.DebugString() << "\nplain:\n"
+          << plain->DebugString() << "\nfrom the wire bytes:\n"
+          << parsed.DebugString();
     }
   }
   EXPECT_EQ(compared, 30 * 40);
