@@ -1,6 +1,5 @@
 #include "agent/loadgen/load_generator.h"
 
-#include <google/protobuf/arena.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/completion_queue.h>
 #include <grpcpp/create_channel.h>
@@ -29,6 +28,7 @@
 #include "agent/loadgen/sim_node.h"
 #include "common/backoff.h"
 #include "common/logging.h"
+#include "common/request_block.h"
 #include "fleetwes/v1/ingest.grpc.pb.h"
 
 namespace fleetwes::agent::loadgen {
@@ -100,44 +100,10 @@ namespace {
 
 class Session;
 
-// A PublishRequest built on its own arena, whose first block is part of the same allocation:
-// building a frame costs one allocation (plus the few strings too long to be stored inline)
-// instead of one per sub-message and string. Once its frame is acknowledged a block is kept by
-// its node and Reset() for the node's next frame: in steady state a node builds every frame into
-// the same block.
-class FrameBlock {
- public:
-  FrameBlock() : arena_(ArenaOptionsFor(initial_)) {
-    request_ = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena_);
-  }
-  FrameBlock(const FrameBlock&) = delete;
-  FrameBlock& operator=(const FrameBlock&) = delete;
-
-  v1::PublishRequest* request() { return request_; }
-  const v1::PublishRequest& request() const { return *request_; }
-
-  // An empty request again; the first block stays, the blocks the arena added are freed. Only
-  // with no other reference to the block.
-  void Reset() {
-    arena_.Reset();
-    request_ = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena_);
-  }
-
- private:
-  // A simulated frame takes about 1.5 KiB of message objects; larger ones spill into blocks the
-  // arena allocates itself.
-  static constexpr size_t kInitialBlock = 2048;
-  static google::protobuf::ArenaOptions ArenaOptionsFor(char* block) {
-    google::protobuf::ArenaOptions o;
-    o.initial_block = block;
-    o.initial_block_size = kInitialBlock;
-    return o;
-  }
-
-  alignas(std::max_align_t) char initial_[kInitialBlock];
-  google::protobuf::Arena arena_;
-  v1::PublishRequest* request_;
-};
+// A frame's request on its own arena (common/request_block.h). Once its frame is acknowledged a
+// block is kept by its node and Reset() for the node's next frame: in steady state a node builds
+// every frame into the same block.
+using FrameBlock = RequestBlock;
 
 // A frame waiting for its ack. The block is shared with a session writing it.
 struct PendingFrame {

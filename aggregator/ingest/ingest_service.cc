@@ -14,47 +14,15 @@
 #include "aggregator/ingest/validate.h"
 #include "aggregator/store/pg_status.h"
 #include "common/logging.h"
-#include "google/protobuf/arena.h"
+#include "common/request_block.h"
 
 namespace fleetwes::aggregator {
 
 namespace {
 
-// One read's message, parsed on an arena whose first block is part of the same allocation: a
-// frame costs one allocation (plus the blocks the arena adds for a larger frame) instead of one
-// per sub-message and string, and one free. A frame handed on (to the writer, then the fleet state
-// while it is its node's latest) keeps its whole buffer alive through an aliasing shared_ptr.
-class ReadBuffer {
- public:
-  ReadBuffer() : arena_(ArenaOptionsFor(initial_)) {
-    request_ = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena_);
-  }
-  ReadBuffer(const ReadBuffer&) = delete;
-  ReadBuffer& operator=(const ReadBuffer&) = delete;
-
-  v1::PublishRequest* request() { return request_; }
-
-  // An empty request again; the first block stays, the blocks the arena added are freed. Only
-  // with no other reference to the buffer.
-  void Reset() {
-    arena_.Reset();
-    request_ = google::protobuf::Arena::CreateMessage<v1::PublishRequest>(&arena_);
-  }
-
- private:
-  // A frame of a node with a few models and devices takes about 1.5 KiB of message objects.
-  static constexpr size_t kInitialBlock = 2048;
-  static google::protobuf::ArenaOptions ArenaOptionsFor(char* block) {
-    google::protobuf::ArenaOptions o;
-    o.initial_block = block;
-    o.initial_block_size = kInitialBlock;
-    return o;
-  }
-
-  alignas(std::max_align_t) char initial_[kInitialBlock];
-  google::protobuf::Arena arena_;
-  v1::PublishRequest* request_;
-};
+// One read's message (common/request_block.h). A frame handed on (to the writer, then the fleet
+// state while it is its node's latest) keeps its whole buffer alive through an aliasing shared_ptr.
+using ReadBuffer = RequestBlock;
 
 // One Publish stream. Lifetime: gRPC holds one reference until OnDone; every writer callback
 // (frame completion, queue-space notification) holds one more. The last release deletes it, so
